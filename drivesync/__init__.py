@@ -1,0 +1,52 @@
+"""drivesync: a file library that syncs each user's files to their own Microsoft OneDrive."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import scope
+from .config import load_config, validate_config
+from .extensions import csrf, db, limiter, login_manager, migrate
+
+__all__ = ["create_app"]
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Create and configure the app: config, extensions, blueprints, CLI. Tests pass overrides."""
+    app = Flask(__name__, template_folder="../templates", static_folder="../static")
+    app.config.update(load_config())
+    if overrides:
+        app.config.update(overrides)
+    if "MAX_UPLOAD_MB" in (overrides or {}):
+        app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024
+    validate_config(app.config)
+
+    from . import web
+
+    web.configure(app)
+    db.init_app(app)
+    scope.install(db.session)
+    # Batch mode lets SQLite alter tables; compare_type keeps the drift test strict.
+    migrate.init_app(
+        app, db, directory=str(web.MIGRATIONS_DIR), render_as_batch=True, compare_type=True
+    )
+    login_manager.init_app(app)
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    from .views import register_blueprints
+
+    register_blueprints(app)
+
+    from .cli import register_cli
+
+    register_cli(app)
+
+    # Trust exactly PROXY_COUNT hops of X-Forwarded-*: more would let clients spoof their address.
+    if n := app.config["PROXY_COUNT"]:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
+    return app

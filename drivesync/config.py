@@ -1,0 +1,138 @@
+"""Configuration: safe defaults on a class, ``DRIVESYNC_*`` environment on top, validated.
+
+Every key here is documented in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_INSTANCE = ROOT / "instance"
+
+#: Secret keys that must never run in production (examples from docs, our own placeholders).
+KNOWN_BAD_SECRETS = {"", "dev", "change-me", "changeme", "secret", "test", "you-will-never-guess"}
+
+
+class ConfigError(RuntimeError):
+    """The configuration is unsafe or incomplete; the message says which key to set."""
+
+
+def _env_int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if raw.lower() in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Return the Flask config built from defaults and ``DRIVESYNC_*`` variables in ``env``."""
+    env = os.environ if env is None else env
+    instance = Path(env.get("DRIVESYNC_INSTANCE_DIR") or DEFAULT_INSTANCE)
+    mode = env.get("DRIVESYNC_ENV", "development")
+    if mode not in {"development", "production"}:
+        raise ConfigError(f"DRIVESYNC_ENV must be development or production, got {mode!r}")
+    production = mode == "production"
+    cfg: dict[str, Any] = {
+        "ENV_NAME": mode,
+        "INSTANCE_DIR": str(instance),
+        "SECRET_KEY": env.get("DRIVESYNC_SECRET_KEY", ""),
+        "SQLALCHEMY_DATABASE_URI": env.get("DRIVESYNC_DATABASE_URL")
+        or f"sqlite:///{instance / 'drivesync.sqlite3'}",
+        "STORAGE_DIR": env.get("DRIVESYNC_STORAGE_DIR") or str(instance / "uploads"),
+        "MAX_UPLOAD_MB": _env_int(env, "DRIVESYNC_MAX_UPLOAD_MB", 1024),
+        "PROXY_COUNT": _env_int(env, "DRIVESYNC_PROXY_COUNT", 0),
+        "PAGE_SIZE": _env_int(env, "DRIVESYNC_PAGE_SIZE", 25),
+        # Microsoft identity platform and Graph (issue 4 fixes these names).
+        "MS_CLIENT_ID": env.get("DRIVESYNC_MS_CLIENT_ID", ""),
+        "MS_CLIENT_SECRET": env.get("DRIVESYNC_MS_CLIENT_SECRET", ""),
+        "MS_TENANT": env.get("DRIVESYNC_MS_TENANT", "common"),
+        "MS_AUTHORITY": env.get("DRIVESYNC_MS_AUTHORITY", "https://login.microsoftonline.com"),
+        "GRAPH_URL": env.get("DRIVESYNC_GRAPH_URL", "https://graph.microsoft.com/v1.0"),
+        "MS_SCOPES": env.get("DRIVESYNC_MS_SCOPES", "offline_access User.Read Files.ReadWrite"),
+        "MS_REDIRECT_URI": env.get("DRIVESYNC_MS_REDIRECT_URI", ""),
+        "ONEDRIVE_FOLDER": env.get("DRIVESYNC_ONEDRIVE_FOLDER", "drivesync"),
+        "TOKEN_KEYS": env.get("DRIVESYNC_TOKEN_KEYS", ""),
+        "UPLOAD_FRAGMENT_MB": _env_int(env, "DRIVESYNC_UPLOAD_FRAGMENT_MB", 10),
+        # Background sync.
+        "SYNC_BATCH_LIMIT": _env_int(env, "DRIVESYNC_SYNC_BATCH_LIMIT", 100),
+        "SYNC_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_CONCURRENCY", 4),
+        "SYNC_GLOBAL_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_GLOBAL_CONCURRENCY", 16),
+        "SYNC_STALE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_STALE_SECONDS", 300),
+        "TASK_BACKEND": env.get("DRIVESYNC_TASK_BACKEND", "celery" if production else "thread"),
+        "CELERY_BROKER_URL": env.get("DRIVESYNC_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        # Sign-in rate limiting (flask-limiter storage URI).
+        "RATELIMIT_STORAGE_URI": env.get("DRIVESYNC_RATELIMIT_STORAGE_URI", "memory://"),
+        "LOGIN_RATE_LIMIT": env.get("DRIVESYNC_LOGIN_RATE_LIMIT", "10 per minute"),
+        # Development only: the bundled OneDrive emulator's base URL.
+        "EMULATOR_URL": env.get("DRIVESYNC_EMULATOR_URL", ""),
+        # Flask / cookies.
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": _env_bool(env, "DRIVESYNC_SECURE_COOKIES", production),
+        "REMEMBER_COOKIE_SECURE": _env_bool(env, "DRIVESYNC_SECURE_COOKIES", production),
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+        "TESTING": False,
+    }
+    cfg["MAX_CONTENT_LENGTH"] = cfg["MAX_UPLOAD_MB"] * 1024 * 1024
+    if cfg["SQLALCHEMY_DATABASE_URI"].startswith("postgres://"):
+        raise ConfigError("DRIVESYNC_DATABASE_URL must use postgresql+psycopg://, not postgres://")
+    return cfg
+
+
+def validate_config(cfg: Mapping[str, Any]) -> None:
+    """Raise ``ConfigError`` if ``cfg`` is unsafe for the environment it claims to be."""
+    if cfg["MAX_UPLOAD_MB"] < 1:
+        raise ConfigError("DRIVESYNC_MAX_UPLOAD_MB must be at least 1")
+    if cfg["PAGE_SIZE"] < 1 or cfg["PAGE_SIZE"] > 500:
+        raise ConfigError("DRIVESYNC_PAGE_SIZE must be between 1 and 500")
+    if cfg["PROXY_COUNT"] < 0:
+        raise ConfigError("DRIVESYNC_PROXY_COUNT must be 0 or more")
+    if cfg["SYNC_CONCURRENCY"] < 1 or cfg["SYNC_GLOBAL_CONCURRENCY"] < 1:
+        raise ConfigError("sync concurrency settings must be at least 1")
+    if cfg["SYNC_BATCH_LIMIT"] < 1:
+        raise ConfigError("DRIVESYNC_SYNC_BATCH_LIMIT must be at least 1")
+    if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
+        raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
+    fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024
+    if fragment <= 0 or fragment % (320 * 1024) or fragment > 60 * 1024 * 1024:
+        raise ConfigError(
+            "DRIVESYNC_UPLOAD_FRAGMENT_MB must give a multiple of 320 KiB up to 60 MiB "
+            "(5, 10, 15 … 60)"
+        )
+    if cfg.get("ENV_NAME") == "production" and not cfg.get("TESTING"):
+        if cfg["SECRET_KEY"] in KNOWN_BAD_SECRETS or len(cfg["SECRET_KEY"]) < 32:
+            raise ConfigError(
+                "production needs DRIVESYNC_SECRET_KEY: at least 32 random characters"
+            )
+        if not cfg["TOKEN_KEYS"]:
+            raise ConfigError("production needs DRIVESYNC_TOKEN_KEYS (see `flask tokens new-key`)")
+        if cfg["EMULATOR_URL"]:
+            raise ConfigError("the OneDrive emulator is for development only; unset EMULATOR_URL")
+        for key in ("MS_CLIENT_ID", "MS_CLIENT_SECRET"):
+            if not cfg[key]:
+                raise ConfigError(f"production needs DRIVESYNC_{key}")
+        if cfg["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+            logger.warning("production is running on SQLite; PostgreSQL is recommended")

@@ -1,0 +1,69 @@
+"""Start the emulator: ``python -m drivesync.emulator --host 127.0.0.1 --port 8765``.
+
+Register apps with repeated ``--client-id X --client-secret Y --redirect-uri URI`` groups (one
+secret per client id, in order; several ``--redirect-uri`` apply to the latest client).
+Development and tests only: it refuses to start with ``DRIVESYNC_ENV=production``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .server import EmulatorServer
+
+
+class _ClientAction(argparse.Action):
+    """Collect ``--client-id`` / ``--client-secret`` / ``--redirect-uri`` into groups."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        """Append to the current client group."""
+        clients = getattr(namespace, "clients", None) or []
+        if option_string == "--client-id" or not clients:
+            clients.append({"id": None, "secret": None, "uris": []})
+        current = clients[-1]
+        if option_string == "--client-id":
+            current["id"] = values
+        elif option_string == "--client-secret":
+            current["secret"] = values
+        else:
+            current["uris"].append(values)
+        namespace.clients = clients
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m drivesync.emulator",
+                                     description="Local Microsoft identity platform + OneDrive.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    for flag in ("--client-id", "--client-secret", "--redirect-uri"):
+        parser.add_argument(flag, action=_ClientAction, dest="clients")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    clients = []
+    for c in args.clients or []:
+        if not c["id"]:
+            parser.error("--client-secret / --redirect-uri must follow a --client-id")
+        clients.append((c["id"], c["secret"], c["uris"]))
+    try:
+        server = EmulatorServer(args.host, args.port, clients=clients, quiet=not args.verbose)
+        server.start()
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"OneDrive emulator on {server.url} (Graph: {server.url}/v1.0, identity: "
+          f"{server.url}/common/oauth2/v2.0/authorize, admin: {server.url}/_emulator/)",
+          flush=True)
+    try:
+        assert server._thread is not None  # noqa: S101
+        server._thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

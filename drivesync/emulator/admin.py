@@ -1,0 +1,312 @@
+"""The emulator's JSON admin API under ``/_emulator/`` (development and tests only; no auth).
+
+Routes (JSON bodies; every answer is JSON):
+
+==========================================================  ======================================
+``GET    /_emulator/health``                                 ``{"ok": true}``
+``POST   /_emulator/clients``                                register an app: ``client_id``,
+                                                             ``client_secret`` (null = public),
+                                                             ``redirect_uris``, ``app_name``
+``GET    /_emulator/clients``                                registered apps (no secrets)
+``POST   /_emulator/accounts``                               ``email``, ``display_name``,
+                                                             ``drive_type`` personal|business,
+                                                             ``quota_total`` -> account
+``GET    /_emulator/accounts``                               all accounts
+``POST   /_emulator/token``                                  ``email``, ``client_id``, ``scopes``
+                                                             -> identity-platform token response
+``POST   /_emulator/faults/throttle``                        ``every`` (Nth request), ``count``
+                                                             (next K), ``retry_after`` seconds
+``POST   /_emulator/faults/fail``                            ``status`` 500|502|503|504,
+                                                             ``count``, ``retry_after`` (503)
+``POST   /_emulator/faults/expire-access-tokens``            ``after_seconds``
+``POST   /_emulator/faults/expire-upload-sessions``          all open sessions now 404
+``POST   /_emulator/faults/drop-connection``                 ``count``: next fragments cut mid-body
+``POST   /_emulator/faults/lose-response``                   ``count``: next fragments stored, no
+                                                             answer
+``DELETE /_emulator/faults``                                 clear all faults
+``POST   /_emulator/accounts/<email>/revoke-consent``        refresh -> invalid_grant, bearer 401
+``POST   /_emulator/accounts/<email>/quota-exceeded``        ``on``: uploads answer 507
+``PUT    /_emulator/accounts/<email>/items/<path>``          raw body = new content (server-side
+                                                             change: new eTag, cTag, hash)
+``GET    /_emulator/accounts/<email>/items``                 path, id, size, quickXorHash, eTag,
+                                                             cTag, folder
+``GET    /_emulator/requests``                               request log: method, path, query,
+                                                             status, had_authorization_header
+``DELETE /_emulator/requests``                               clear the request log
+``POST   /_emulator/reset``                                  wipe drives, tokens, faults, log;
+                                                             keep registered clients
+==========================================================  ======================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from drivesync.graph.quickxor import QuickXorHash
+
+from .bodies import copy_body
+from .identity import get_state, token_body
+from .items import GraphProblem, commit_file, ctag, ensure_folders, etag, resolve
+from .state import DEFAULT_QUOTA, Account, EmulatorState
+
+bp = Blueprint("emulator_admin", __name__, url_prefix="/_emulator")
+
+
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    return data if isinstance(data, dict) else {}
+
+
+def _bad(message: str, status: int = 400) -> Response:
+    resp = jsonify({"error": message})
+    resp.status_code = status
+    return resp
+
+
+def account_dict(account: Account) -> dict[str, Any]:
+    """Return an account as the admin API shows it."""
+    return {"email": account.email, "display_name": account.display_name,
+            "drive_type": account.drive_type, "quota_total": account.quota_total,
+            "user_id": account.user_id, "drive_id": account.drive_id,
+            "quota_exceeded": account.quota_exceeded}
+
+
+def _account(state: EmulatorState, email: str) -> Account | Response:
+    account = state.account(email)
+    return account if account is not None else _bad(f"unknown account {email}", 404)
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Answer a liveness probe."""
+    return jsonify({"ok": True})
+
+
+@bp.post("/clients")
+def register_client() -> Response:
+    """Register an app."""
+    body = _body()
+    if not body.get("client_id") or not isinstance(body.get("redirect_uris", []), list):
+        return _bad("client_id and redirect_uris (a list) are required")
+    client = get_state().register_client(
+        str(body["client_id"]), body.get("client_secret"), body.get("redirect_uris", []),
+        body.get("app_name"),
+    )
+    return jsonify({"client_id": client.client_id, "redirect_uris": client.redirect_uris,
+                    "app_name": client.app_name})
+
+
+@bp.get("/clients")
+def list_clients() -> Response:
+    """List registered apps without their secrets."""
+    state = get_state()
+    return jsonify([{"client_id": c.client_id, "redirect_uris": c.redirect_uris,
+                     "app_name": c.app_name, "public": c.client_secret is None}
+                    for c in state.clients.values()])
+
+
+@bp.post("/accounts")
+def add_account() -> Response:
+    """Create an account with an empty drive."""
+    body = _body()
+    if not body.get("email"):
+        return _bad("email is required")
+    try:
+        account = get_state().add_account(
+            str(body["email"]), str(body.get("display_name") or body["email"]),
+            str(body.get("drive_type", "personal")), int(body.get("quota_total", DEFAULT_QUOTA)),
+        )
+    except ValueError as exc:
+        return _bad(str(exc))
+    return jsonify(account_dict(account))
+
+
+@bp.get("/accounts")
+def list_accounts() -> Response:
+    """List accounts."""
+    return jsonify([account_dict(a) for a in get_state().accounts.values()])
+
+
+@bp.post("/token")
+def mint_token() -> Response:
+    """Issue tokens for an account without the browser dance (consent implied)."""
+    state = get_state()
+    body = _body()
+    account = _account(state, str(body.get("email", "")))
+    if isinstance(account, Response):
+        return account
+    client_id = str(body.get("client_id") or "")
+    if not client_id:
+        return _bad("client_id is required")
+    scopes = str(body.get("scopes") or "offline_access User.Read Files.ReadWrite").split()
+    return jsonify(token_body(state, account.email, client_id, scopes, None))
+
+
+@bp.post("/faults/throttle")
+def throttle() -> Response:
+    """Answer 429 with Retry-After every Nth Graph request and/or for the next K."""
+    body = _body()
+    state = get_state()
+    with state.lock:
+        f = state.faults
+        f.throttle_every = int(body["every"]) if body.get("every") else None
+        f.throttle_count = int(body.get("count") or 0)
+        f.retry_after = int(body.get("retry_after", 1))
+    return jsonify({"ok": True})
+
+
+@bp.post("/faults/fail")
+def fail() -> Response:
+    """Answer the next ``count`` Graph requests with a 5xx."""
+    body = _body()
+    status = int(body.get("status", 503))
+    if status not in (500, 502, 503, 504):
+        return _bad("status must be 500, 502, 503 or 504")
+    state = get_state()
+    with state.lock:
+        state.faults.fail_status = status
+        state.faults.fail_count = int(body.get("count", 1))
+        state.faults.fail_retry_after = int(body.get("retry_after", 1))
+    return jsonify({"ok": True})
+
+
+@bp.post("/faults/expire-access-tokens")
+def expire_access_tokens() -> Response:
+    """Shorten access-token lifetimes."""
+    get_state().expire_access_tokens(float(_body().get("after_seconds", 0)))
+    return jsonify({"ok": True})
+
+
+@bp.post("/faults/expire-upload-sessions")
+def expire_upload_sessions() -> Response:
+    """Expire every open upload session."""
+    get_state().expire_upload_sessions()
+    return jsonify({"ok": True})
+
+
+@bp.post("/faults/drop-connection")
+def drop_connection() -> Response:
+    """Cut the connection in the middle of the next fragment(s)."""
+    state = get_state()
+    with state.lock:
+        state.faults.drop_count = int(_body().get("count", 1))
+    return jsonify({"ok": True})
+
+
+@bp.post("/faults/lose-response")
+def lose_response() -> Response:
+    """Store the next fragment(s) but close the connection instead of answering."""
+    state = get_state()
+    with state.lock:
+        state.faults.lose_count = int(_body().get("count", 1))
+    return jsonify({"ok": True})
+
+
+@bp.delete("/faults")
+def clear_faults() -> Response:
+    """Switch every fault off."""
+    state = get_state()
+    with state.lock:
+        state.faults.clear()
+    return jsonify({"ok": True})
+
+
+@bp.post("/accounts/<email>/revoke-consent")
+def revoke_consent(email: str) -> Response:
+    """Withdraw the user's consent."""
+    state = get_state()
+    account = _account(state, email)
+    if isinstance(account, Response):
+        return account
+    state.revoke_consent(account.email)
+    return jsonify({"ok": True})
+
+
+@bp.post("/accounts/<email>/quota-exceeded")
+def quota_exceeded(email: str) -> Response:
+    """Make uploads answer 507 (or stop doing so)."""
+    state = get_state()
+    account = _account(state, email)
+    if isinstance(account, Response):
+        return account
+    with state.lock:
+        account.quota_exceeded = bool(_body().get("on", True))
+    return jsonify(account_dict(account))
+
+
+@bp.put("/accounts/<email>/items/<path:path>")
+def modify_item(email: str, path: str) -> Response:
+    """Create or change a file on the server side (new eTag, cTag and hash)."""
+    state = get_state()
+    account = _account(state, email)
+    if isinstance(account, Response):
+        return account
+    names = [p for p in path.split("/") if p]
+    if not names:
+        return _bad("a file path is required")
+    tmp = state.tmp_path()
+    hasher = QuickXorHash()
+    with open(tmp, "wb") as fh:
+        size = copy_body(fh, request.content_length, hasher, 1 << 40)
+    drive = state.drive_of(account)
+    with state.lock:
+        root = drive.items[drive.root_id]
+        parent = ensure_folders(state, drive, root, names[:-1])
+        try:
+            where = resolve(state, drive, parent, names[-1:])
+            item, _ = commit_file(state, account, drive, parent, names[-1], "replace", tmp,
+                                  size, hasher.b64digest(), target=where.item)
+        except GraphProblem as p:
+            return _bad(p.message, p.status)
+        return jsonify(_listing(state, account, item.id)[0])
+
+
+@bp.get("/accounts/<email>/items")
+def list_items(email: str) -> Response:
+    """List every live item of the account's drive."""
+    state = get_state()
+    account = _account(state, email)
+    if isinstance(account, Response):
+        return account
+    return jsonify(_listing(state, account))
+
+
+def _listing(state: EmulatorState, account: Account, only: str | None = None) -> list[dict]:
+    drive = state.drive_of(account)
+    out = []
+    with state.lock:
+        for item in drive.items.values():
+            if item.deleted or item.parent_id is None or (only and item.id != only):
+                continue
+            out.append({
+                "path": state.item_path(drive, item), "id": item.id, "name": item.name,
+                "size": item.size, "quickXorHash": item.quick_xor, "eTag": etag(item),
+                "cTag": ctag(item), "folder": item.is_folder,
+            })
+    return sorted(out, key=lambda d: d["path"].casefold())
+
+
+@bp.get("/requests")
+def requests_log() -> Response:
+    """Return the request log."""
+    state = get_state()
+    with state.lock:
+        return jsonify(list(state.requests))
+
+
+@bp.delete("/requests")
+def clear_requests() -> Response:
+    """Clear the request log."""
+    state = get_state()
+    with state.lock:
+        state.requests.clear()
+    return jsonify({"ok": True})
+
+
+@bp.post("/reset")
+def reset() -> Response:
+    """Wipe drives, tokens, sessions, faults and the log (registered clients stay)."""
+    get_state().reset()
+    return jsonify({"ok": True})

@@ -1,0 +1,229 @@
+"""Typed SQLAlchemy 2 models: User, Integration, OAuthToken, File, SyncRun."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from flask_login import UserMixin
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from .extensions import db
+
+SYNC_STATUSES = ("not_synced", "syncing", "synced", "error", "conflict")
+INTEGRATION_STATUSES = ("active", "needs_reauth")
+RUN_STATUSES = ("queued", "running", "done", "failed", "stopped")
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every database (SQLite drops the zone, so add it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class User(UserMixin, db.Model):
+    """A person who signs in. E-mail is stored case-folded and unique."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<User {self.id}>"
+
+
+class Integration(db.Model):
+    """One user's connection to a storage provider (one per user and provider)."""
+
+    __tablename__ = "integrations"
+    __table_args__ = (
+        UniqueConstraint("user_id", "provider", name="uq_integrations_user_provider"),
+        CheckConstraint(_in("status", INTEGRATION_STATUSES), name="status"),
+        CheckConstraint("provider IN ('onedrive')", name="provider"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    provider: Mapped[str] = mapped_column(String(32), default="onedrive")
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    account_id: Mapped[str | None] = mapped_column(String(128))
+    account_name: Mapped[str | None] = mapped_column(String(255))
+    account_email: Mapped[str | None] = mapped_column(String(254))
+    drive_id: Mapped[str | None] = mapped_column(String(128))
+    # personal | business | documentLibrary, as Graph reports driveType
+    drive_type: Mapped[str | None] = mapped_column(String(32))
+    folder_path: Mapped[str] = mapped_column(String(400), default="drivesync")
+    folder_id: Mapped[str | None] = mapped_column(String(128))
+    quota_used: Mapped[int | None] = mapped_column(BigInteger)
+    quota_total: Mapped[int | None] = mapped_column(BigInteger)
+    status_reason: Mapped[str | None] = mapped_column(String(500))
+    connected_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    token: Mapped[OAuthToken | None] = relationship(
+        back_populates="integration", cascade="all, delete-orphan", uselist=False, lazy="select"
+    )
+
+    @property
+    def active(self) -> bool:
+        """Return whether the integration can be used without the user reconnecting."""
+        return self.status == "active"
+
+    def __repr__(self) -> str:
+        return f"<Integration {self.id} {self.provider} {self.status}>"
+
+
+class OAuthToken(db.Model):
+    """Encrypted tokens of one integration. Only the vault reads the ciphertext columns."""
+
+    __tablename__ = "oauth_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    integration_id: Mapped[int] = mapped_column(
+        ForeignKey("integrations.id", ondelete="CASCADE"), unique=True
+    )
+    # user_id is denormalised so that row-level security can scope this table directly.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    access_token_encrypted: Mapped[str] = mapped_column(Text, deferred=True)
+    refresh_token_encrypted: Mapped[str | None] = mapped_column(Text, deferred=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    scope: Mapped[str] = mapped_column(String(500), default="")
+    key_id: Mapped[str] = mapped_column(String(32))
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime(), default=utcnow, onupdate=utcnow
+    )
+
+    integration: Mapped[Integration] = relationship(back_populates="token")
+
+    def __repr__(self) -> str:
+        # Never include the token columns, not even encrypted.
+        return f"<OAuthToken integration={self.integration_id} key={self.key_id}>"
+
+
+class File(db.Model):
+    """A file in a user's library, with its OneDrive sync state."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        CheckConstraint(_in("onedrive_sync_status", SYNC_STATUSES), name="sync_status"),
+        CheckConstraint("size >= 0", name="size"),
+        Index("idx_files_onedrive_id", "onedrive_id"),
+        Index("idx_files_onedrive_sync_status", "onedrive_sync_status"),
+        Index("idx_files_owner_onedrive_status", "owner_id", "onedrive_sync_status"),
+        Index("idx_files_owner_created", "owner_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    original_name: Mapped[str] = mapped_column(String(255))
+    stored_path: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mime_type: Mapped[str] = mapped_column(String(255))
+    content_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex
+    quick_xor_hash: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    onedrive_id: Mapped[str | None] = mapped_column(String(128))
+    onedrive_sync_status: Mapped[str] = mapped_column(String(16), default="not_synced")
+    onedrive_synced_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    onedrive_error: Mapped[str | None] = mapped_column(String(500))
+    onedrive_etag: Mapped[str | None] = mapped_column(String(255))
+    onedrive_ctag: Mapped[str | None] = mapped_column(String(255))
+    onedrive_path: Mapped[str | None] = mapped_column(String(1024))
+    onedrive_web_url: Mapped[str | None] = mapped_column(String(2048))
+    onedrive_name: Mapped[str | None] = mapped_column(String(255))
+    onedrive_note: Mapped[str | None] = mapped_column(String(255))
+    synced_content_hash: Mapped[str | None] = mapped_column(String(64))
+    sync_run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id", ondelete="SET NULL"))
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    upload_url: Mapped[str | None] = mapped_column(Text, deferred=True)
+    upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def pending(self) -> bool:
+        """Return whether the file still has to reach OneDrive."""
+        return self.onedrive_sync_status in {"not_synced", "error", "conflict"}
+
+    def __repr__(self) -> str:
+        return f"<File {self.id} {self.onedrive_sync_status}>"
+
+
+class SyncRun(db.Model):
+    """One "Sync All": which files it took, and how far it got."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    succeeded: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def finished(self) -> bool:
+        """Return whether the run has ended, well or badly."""
+        return self.status in {"done", "failed", "stopped"}
+
+    @property
+    def done(self) -> int:
+        """Return how many files the run has finished with, either way."""
+        return self.succeeded + self.failed
+
+    @property
+    def percent(self) -> int:
+        """Return overall progress by bytes (by files when the run has no bytes), 0 to 100."""
+        if self.finished:
+            return 100
+        if self.bytes_total:
+            return min(100, int(self.bytes_done * 100 / self.bytes_total))
+        return int(self.done * 100 / self.total) if self.total else 0
+
+    def __repr__(self) -> str:
+        return f"<SyncRun {self.id} {self.status} {self.done}/{self.total}>"

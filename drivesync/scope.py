@@ -1,0 +1,59 @@
+"""Which user the current database work is for, for PostgreSQL row-level security.
+
+Requests run as the signed-in user; background jobs as the job's user. At the start of every
+transaction the user id is handed to PostgreSQL with ``set_config('app.user_id', …, true)``
+(transaction-local), which the RLS policies read. Services still scope every query themselves:
+this is defence in depth, and SQLite has no equivalent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.orm import Session
+
+_current_user: ContextVar[int | None] = ContextVar("drivesync_scope_user", default=None)
+
+
+def current_scope() -> int | None:
+    """Return the user id database work is scoped to, or ``None``."""
+    return _current_user.get()
+
+
+@contextmanager
+def user_scope(user_id: int | None) -> Iterator[None]:
+    """Scope database work inside the block to ``user_id`` (start a new transaction first)."""
+    token = _current_user.set(user_id)
+    try:
+        yield
+    finally:
+        _current_user.reset(token)
+
+
+def set_scope(user_id: int | None) -> Any:
+    """Set the scope until reset with the returned token (for request hooks)."""
+    return _current_user.set(user_id)
+
+
+def reset_scope(token: Any) -> None:
+    """Undo ``set_scope``."""
+    _current_user.reset(token)
+
+
+def _after_begin(session: Session, transaction: Any, connection: Any) -> None:
+    if connection.dialect.name != "postgresql":
+        return
+    uid = _current_user.get()
+    connection.execute(
+        text("SELECT set_config('app.user_id', :u, true)"), {"u": "" if uid is None else str(uid)}
+    )
+
+
+def install(session_target: Any) -> None:
+    """Hand the scope to PostgreSQL at the start of every transaction of ``session_target``."""
+    if not event.contains(session_target, "after_begin", _after_begin):
+        event.listen(session_target, "after_begin", _after_begin)

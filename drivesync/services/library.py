@@ -1,0 +1,208 @@
+"""The user's files: store (streamed), list, replace, delete. Every query is scoped to an owner."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+import unicodedata
+from dataclasses import dataclass
+
+from sqlalchemy import func, update
+
+from ..extensions import db
+from ..models import File, utcnow
+from .errors import NotFound, ValidationError
+from .storage import IncomingFile, LocalStorage
+
+logger = logging.getLogger(__name__)
+
+SORTS = {
+    "name": (File.original_name.asc(), File.id.asc()),
+    "-name": (File.original_name.desc(), File.id.desc()),
+    "date": (File.created_at.asc(), File.id.asc()),
+    "-date": (File.created_at.desc(), File.id.desc()),
+    "size": (File.size.asc(), File.id.asc()),
+    "-size": (File.size.desc(), File.id.desc()),
+}
+DEFAULT_SORT = "-date"
+MAX_NAME = 255
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a user's files."""
+
+    items: list[File]
+    page: int
+    per_page: int
+    total: int
+    sort: str
+
+    @property
+    def pages(self) -> int:
+        """Return the number of pages (at least one)."""
+        return max(1, -(-self.total // self.per_page))
+
+    @property
+    def has_prev(self) -> bool:
+        """Return whether a previous page exists."""
+        return self.page > 1
+
+    @property
+    def has_next(self) -> bool:
+        """Return whether a next page exists."""
+        return self.page < self.pages
+
+
+def clean_display_name(raw: str | None) -> str:
+    """Return a safe display name for an uploaded file, or raise ``ValidationError``.
+
+    The name is only ever shown (escaped) and sent to OneDrive; bytes are stored under a
+    generated name. Browsers may send a full path: keep the last component only.
+    """
+    name = unicodedata.normalize("NFC", raw or "")
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    if name in {"", ".", ".."}:
+        raise ValidationError({"file": "The file has no usable name."})
+    if len(name) > MAX_NAME:
+        stem, dot, ext = name.rpartition(".")
+        if dot and 0 < len(ext) <= 16:
+            name = stem[: MAX_NAME - len(ext) - 1] + "." + ext
+        else:
+            name = name[:MAX_NAME]
+    return name
+
+
+def guess_mime(name: str) -> str:
+    """Return a MIME type from the file name (never trusted from the browser)."""
+    return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
+
+
+def add_file(owner_id: int, name: str, incoming: IncomingFile, storage: LocalStorage) -> File:
+    """Keep an uploaded file: move its bytes into place and record it for ``owner_id``."""
+    try:
+        display = clean_display_name(name)
+    except ValidationError:
+        storage.discard(incoming)
+        raise
+    stored = storage.commit(incoming)
+    now = utcnow()
+    f = File(
+        owner_id=owner_id,
+        original_name=display,
+        stored_path=stored,
+        size=incoming.size,
+        mime_type=guess_mime(display),
+        content_hash=incoming.sha256,
+        quick_xor_hash=incoming.quick_xor_hash,
+        created_at=now,
+        updated_at=now,
+    )
+    db.session.add(f)
+    try:
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        storage.delete(stored)
+        raise
+    logger.info("user %s added file %s (%d bytes)", owner_id, f.id, f.size)
+    return f
+
+
+def get_file(owner_id: int, file_id: int) -> File:
+    """Return the owner's file ``file_id`` or raise ``NotFound`` (also for other users' ids)."""
+    f = db.session.execute(
+        db.select(File).where(File.id == file_id, File.owner_id == owner_id)
+    ).scalar_one_or_none()
+    if f is None:
+        raise NotFound("That file does not exist.")
+    return f
+
+
+def list_files(owner_id: int, sort: str = DEFAULT_SORT, page: int = 1, per_page: int = 25) -> Page:
+    """Return one page of the owner's files in the requested order."""
+    if sort not in SORTS:
+        sort = DEFAULT_SORT
+    total = db.session.execute(
+        db.select(func.count()).select_from(File).where(File.owner_id == owner_id)
+    ).scalar_one()
+    pages = max(1, -(-total // per_page))
+    page = min(max(1, page), pages)
+    items = list(
+        db.session.execute(
+            db.select(File)
+            .where(File.owner_id == owner_id)
+            .order_by(*SORTS[sort])
+            .limit(per_page)
+            .offset((page - 1) * per_page)
+        ).scalars()
+    )
+    return Page(items=items, page=page, per_page=per_page, total=total, sort=sort)
+
+
+def replace_file(
+    owner_id: int, file_id: int, incoming: IncomingFile, storage: LocalStorage
+) -> File:
+    """Store a new version of the owner's file; a synced file goes back to ``not_synced``."""
+    try:
+        f = get_file(owner_id, file_id)
+    except NotFound:
+        storage.discard(incoming)
+        raise
+    old = f.stored_path
+    new = storage.commit(incoming)
+    changed = incoming.sha256 != f.content_hash
+    values: dict[str, object] = {
+        "stored_path": new,
+        "size": incoming.size,
+        "content_hash": incoming.sha256,
+        "quick_xor_hash": incoming.quick_xor_hash,
+        "version": File.version + 1,
+        "updated_at": utcnow(),
+    }
+    db.session.execute(
+        update(File).where(File.id == f.id, File.owner_id == owner_id).values(**values)
+    )
+    if changed:
+        # synced -> not_synced, error -> not_synced; a file mid-upload keeps "syncing" and the
+        # engine, seeing the version move, leaves it not_synced when it finishes.
+        db.session.execute(
+            update(File)
+            .where(
+                File.id == f.id,
+                File.owner_id == owner_id,
+                File.onedrive_sync_status.in_(("synced", "error")),
+            )
+            .values(onedrive_sync_status="not_synced", onedrive_error=None)
+        )
+    try:
+        db.session.commit()
+    except BaseException:
+        db.session.rollback()
+        storage.delete(new)
+        raise
+    storage.delete(old)
+    db.session.refresh(f)
+    logger.info("user %s replaced file %s (version %d)", owner_id, f.id, f.version)
+    return f
+
+
+def delete_file(owner_id: int, file_id: int, storage: LocalStorage) -> None:
+    """Delete the owner's file: its row, then its bytes."""
+    f = get_file(owner_id, file_id)
+    stored = f.stored_path
+    db.session.delete(f)
+    db.session.commit()
+    storage.delete(stored)
+    logger.info("user %s deleted file %s", owner_id, file_id)
+
+
+def summary_counts(owner_id: int) -> dict[str, int]:
+    """Return how many of the owner's files are in each sync status (one grouped query)."""
+    rows = db.session.execute(
+        db.select(File.onedrive_sync_status, func.count())
+        .where(File.owner_id == owner_id)
+        .group_by(File.onedrive_sync_status)
+    ).all()
+    return {status: n for status, n in rows}

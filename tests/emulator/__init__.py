@@ -1,0 +1,1 @@
+"""Emulator contract tests and third-party-client tests."""

@@ -1,0 +1,237 @@
+"""The file library: upload, list, download, replace, delete, isolation."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pytest
+
+from drivesync.extensions import db
+from drivesync.graph.quickxor import QuickXorHash
+from drivesync.models import File
+from drivesync.scope import user_scope
+from tests.conftest import csrf_token, db_rows, upload_payload
+
+
+@pytest.fixture
+def alice(make_user, login):
+    """A signed-in user."""
+    uid = make_user("alice@example.com")
+    login(uid)
+    return uid
+
+
+def stored_files(app) -> list[Path]:
+    """Return the byte files in storage (not the incoming folder)."""
+    root = Path(app.config["STORAGE_DIR"])
+    return sorted(p for p in root.glob("*") if p.is_file()) if root.exists() else []
+
+
+def incoming_files(app) -> list[Path]:
+    """Return leftover incoming files."""
+    root = Path(app.config["STORAGE_DIR"]) / ".incoming"
+    return sorted(root.glob("*")) if root.exists() else []
+
+
+def test_upload_many_files(client, app, alice):
+    """A multi-file upload stores every file with size, MIME type and both hashes."""
+    payload = [("report.pdf", b"%PDF-1.7 hello"), ("photo.jpg", b"\xff\xd8\xff" + b"x" * 5000)]
+    r = client.post("/library/upload", data=upload_payload(payload, csrf_token(client)))
+    assert r.status_code == 303
+    rows = sorted(db_rows(app, File, alice), key=lambda f: f.original_name)
+    assert [f.original_name for f in rows] == ["photo.jpg", "report.pdf"]
+    for f, (_, data) in zip(rows, sorted(payload), strict=True):
+        assert f.size == len(data)
+        assert f.content_hash == hashlib.sha256(data).hexdigest()
+        assert f.quick_xor_hash == QuickXorHash(data).b64digest()
+        assert f.onedrive_sync_status == "not_synced"
+        assert f.owner_id == alice
+        assert (Path(app.config["STORAGE_DIR"]) / f.stored_path).read_bytes() == data
+    assert {f.mime_type for f in rows} == {"application/pdf", "image/jpeg"}
+    assert incoming_files(app) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("C:/Users/x/win.ini", "win.ini"),
+        ("con.txt", "con.txt"),
+        ("Überweisung 2024 – ✓.pdf", "Überweisung 2024 – ✓.pdf"),
+        ("a\x07b\u202e.txt", "ab.txt"),
+        ("x" * 300 + ".txt", "x" * 251 + ".txt"),
+    ],
+)
+def test_upload_hostile_names(client, app, alice, name, shown):
+    """Hostile or odd names are kept for display only; bytes live under a generated name."""
+    r = client.post("/library/upload", data=upload_payload([(name, b"data")], csrf_token(client)))
+    assert r.status_code == 303
+    [f] = db_rows(app, File, alice)
+    assert f.original_name == shown
+    assert len(f.stored_path) == 32 and f.stored_path.isalnum()
+    assert [p.name for p in stored_files(app)] == [f.stored_path]
+    assert not (Path(app.config["STORAGE_DIR"]).parent / "etc").exists()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "\x00\x01"])
+def test_upload_unusable_name_refused(client, app, alice, name):
+    """A name with nothing usable in it is refused and leaves no bytes behind."""
+    r = client.post("/library/upload", data=upload_payload([(name, b"data")], csrf_token(client)),
+                    follow_redirects=True)
+    assert "no usable name" in r.get_data(as_text=True)
+    assert db_rows(app, File, alice) == []
+    assert stored_files(app) == [] and incoming_files(app) == []
+
+
+def test_upload_zero_bytes(client, app, alice):
+    """A zero-byte file is a valid file."""
+    client.post("/library/upload", data=upload_payload([("empty.txt", b"")], csrf_token(client)))
+    [f] = db_rows(app, File, alice)
+    assert f.size == 0
+    assert f.quick_xor_hash == QuickXorHash(b"").b64digest()
+
+
+def test_upload_nothing_chosen(client, alice):
+    """Submitting the form without a file gives a clear 400."""
+    r = client.post("/library/upload", data={"csrf_token": csrf_token(client)})
+    assert r.status_code == 400
+    assert "Choose at least one file" in r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("app_overrides", [{"MAX_UPLOAD_MB": 1}])
+def test_upload_too_large(client, app, alice):
+    """A request over the size limit gets the 413 page and stores nothing."""
+    token = csrf_token(client)
+    # Keep the body under the test client's 500 KB spool threshold: above it, werkzeug's test
+    # client leaks its temporary file when the server stops reading early.
+    app.config["MAX_CONTENT_LENGTH"] = 100_000
+    big = b"a" * 200_000
+    r = client.post("/library/upload", data=upload_payload([("big.bin", big)], token))
+    assert r.status_code == 413
+    assert "File too large" in r.get_data(as_text=True)
+    assert db_rows(app, File, alice) == []
+    assert stored_files(app) == [] and incoming_files(app) == []
+
+
+def test_upload_without_csrf_leaves_nothing(client, app, alice):
+    """A forged upload (no token) is refused and its streamed bytes are removed."""
+    r = client.post("/library/upload", data={"files": [(io.BytesIO(b"x" * 100), "a.txt")]})
+    assert r.status_code == 400
+    assert db_rows(app, File, alice) == []
+    assert stored_files(app) == [] and incoming_files(app) == []
+
+
+def test_list_sort_and_paginate(client, app, alice, make_file):
+    """The list sorts by name, size and date and pages through the files."""
+    app.config["PAGE_SIZE"] = 2
+    for name, size in [("b.txt", 30), ("a.txt", 10), ("c.txt", 20)]:
+        make_file(alice, name, b"x" * size)
+    html = client.get("/library/?sort=name").get_data(as_text=True)
+    assert html.index("a.txt") < html.index("b.txt") and "c.txt" not in html
+    assert "Page 1 of 2" in html
+    html = client.get("/library/?sort=name&page=2").get_data(as_text=True)
+    assert "c.txt" in html and "a.txt" not in html
+    html = client.get("/library/?sort=-size").get_data(as_text=True)
+    assert html.index("b.txt") < html.index("c.txt")
+    html = client.get("/library/?sort=bogus&page=999").get_data(as_text=True)
+    assert "Page 2 of 2" in html
+    r = client.get("/library/?sort=size", headers={"HX-Request": "true", "HX-Target": "library"})
+    assert "<html" not in r.get_data(as_text=True) and "HX-Request" in r.headers["Vary"]
+
+
+def test_download_headers(client, app, alice, make_file):
+    """Downloads are attachments with an RFC 5987 name, the stored bytes and nosniff."""
+    fid = make_file(alice, "Überweisung <2024>.html", b"<script>alert(1)</script>")
+    r = client.get(f"/library/{fid}/download")
+    body = r.get_data()
+    r.close()  # the body is a file wrapper
+    assert r.status_code == 200
+    assert body == b"<script>alert(1)</script>"
+    cd = r.headers["Content-Disposition"]
+    assert cd.startswith("attachment;")
+    assert "filename*=UTF-8''%C3%9Cberweisung%20%3C2024%3E.html" in cd
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" in r.headers["Cache-Control"]
+
+
+def test_listing_escapes_names(client, alice, make_file):
+    """A file name with markup is rendered escaped."""
+    make_file(alice, "<img src=x onerror=alert(1)>.txt")
+    html = client.get("/library/").get_data(as_text=True)
+    assert "<img src=x" not in html and "&lt;img src=x" in html
+
+
+def test_replace_resets_synced(client, app, alice, make_file):
+    """Replacing a synced file stores the new bytes, bumps the version and un-syncs it."""
+    fid = make_file(alice, "cv.docx", b"version one")
+    with app.app_context(), user_scope(alice):
+        f = db.session.get(File, fid)
+        f.onedrive_sync_status = "synced"
+        old_stored = f.stored_path
+        db.session.commit()
+    r = client.post(
+        f"/library/{fid}/replace",
+        data={"csrf_token": csrf_token(client), "file": (io.BytesIO(b"version two!"), "cv.docx")},
+    )
+    assert r.status_code == 303
+    [f] = db_rows(app, File, alice)
+    assert f.version == 2 and f.size == len(b"version two!")
+    assert f.onedrive_sync_status == "not_synced"
+    assert f.content_hash == hashlib.sha256(b"version two!").hexdigest()
+    assert [p.name for p in stored_files(app)] == [f.stored_path] != [old_stored]
+
+
+def test_replace_needs_one_file(client, alice, make_file):
+    """Replace without a file is a clear 400."""
+    fid = make_file(alice)
+    r = client.post(f"/library/{fid}/replace", data={"csrf_token": csrf_token(client)})
+    assert r.status_code == 400
+
+
+def test_delete_removes_row_and_bytes(client, app, alice, make_file):
+    """Delete removes the row and the stored bytes."""
+    fid = make_file(alice)
+    r = client.post(f"/library/{fid}/delete", data={"csrf_token": csrf_token(client)})
+    assert r.status_code == 303
+    assert db_rows(app, File, alice) == [] and stored_files(app) == []
+
+
+def test_other_users_files_are_404(client, app, make_user, login, make_file):
+    """User B gets 404 on every library route that names user A's file, and nothing changes."""
+    alice = make_user("a@example.com")
+    bob = make_user("b@example.com")
+    fid = make_file(alice, "secret.txt", b"alice only")
+    before = [(f.id, f.size, f.version, f.stored_path) for f in db_rows(app, File, alice)]
+    login(bob)
+    token = csrf_token(client)
+    assert client.get(f"/library/{fid}/download").status_code == 404
+    assert client.post(f"/library/{fid}/delete", data={"csrf_token": token}).status_code == 404
+    r = client.post(
+        f"/library/{fid}/replace",
+        data={"csrf_token": token, "file": (io.BytesIO(b"bob was here"), "x.txt")},
+    )
+    assert r.status_code == 404
+    assert r.status_code == 404
+    assert "secret.txt" not in client.get("/library/").get_data(as_text=True)
+    after = [(f.id, f.size, f.version, f.stored_path) for f in db_rows(app, File, alice)]
+    assert after == before
+    assert len(stored_files(app)) == 1 and incoming_files(app) == []
+
+
+def test_library_requires_login(client):
+    """Anonymous visitors are sent to sign in."""
+    r = client.get("/library/")
+    assert r.status_code == 303 and "/login" in r.headers["Location"]
+
+
+def test_security_headers(client):
+    """Every page carries CSP without inline script, nosniff, referrer and frame policies."""
+    r = client.get("/login")
+    csp = r.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Referrer-Policy"] == "same-origin"
+    assert "<script>" not in r.get_data(as_text=True)
