@@ -278,7 +278,7 @@ def test_production_refused(monkeypatch) -> None:
         create_emulator_app()
 
 
-def test_token_lifetime_recovers_after_reset(env: Env) -> None:
+def test_access_token_expires_after_n_seconds(env: Env) -> None:
     env.admin.expire_access_tokens(1)
     s = env.session()
     time.sleep(1.1)

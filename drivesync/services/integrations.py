@@ -1,0 +1,406 @@
+"""Connect, reconnect and disconnect OneDrive; tokens in and out of the vault; Graph clients.
+
+Tokens are only ever decrypted here, at the moment a Graph call needs one, and never returned
+to a view. Refresh is single-flight per integration: a process lock plus, on PostgreSQL, a row
+lock (``SELECT … FOR UPDATE``), so N workers that meet an expired token cause one refresh.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import update
+from sqlalchemy.orm import undefer
+
+from ..extensions import db
+from ..graph import oauth
+from ..graph.client import GraphClient
+from ..graph.errors import AuthError, GraphError
+from ..models import File, Integration, OAuthToken, utcnow
+from ..vault import Vault, development_keys
+from .errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+PROVIDER = "onedrive"
+REFRESH_MARGIN = timedelta(minutes=5)
+APP_FOLDER_SCOPE = "Files.ReadWrite.AppFolder"
+_refresh_locks: dict[int, threading.Lock] = {}
+_refresh_locks_guard = threading.Lock()
+
+
+class NotConnected(ServiceError):
+    """The user has not connected OneDrive."""
+
+    status = 409
+
+    def __init__(self, message: str = "Connect your OneDrive first.") -> None:
+        super().__init__(message)
+
+
+class ReauthRequired(ServiceError):
+    """Microsoft no longer accepts the stored sign-in; the user must reconnect."""
+
+    status = 409
+
+    def __init__(
+        self, message: str = "OneDrive needs you to sign in again: use Reconnect."
+    ) -> None:
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class ConnectStart:
+    """What a view keeps in the session between the redirect and the callback."""
+
+    url: str
+    state: str
+    code_verifier: str
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def vault() -> Vault:
+    """Return the vault for the configured token keys (a generated key in development)."""
+    cfg = current_app.config
+    keys = cfg.get("TOKEN_KEYS") or ""
+    if not keys:
+        if cfg.get("ENV_NAME") == "production" and not cfg.get("TESTING"):
+            raise ServiceError("Token encryption is not configured.")
+        keys = development_keys(cfg["INSTANCE_DIR"])
+        cfg["TOKEN_KEYS"] = keys
+    return Vault(keys)
+
+
+def oauth_settings(redirect_uri: str = "") -> oauth.OAuthSettings:
+    """Return the identity-platform settings from the app configuration."""
+    cfg = current_app.config
+    if not cfg.get("MS_CLIENT_ID"):
+        raise ServiceError(
+            "OneDrive is not configured on this server (DRIVESYNC_MS_CLIENT_ID is missing)."
+        )
+    return oauth.OAuthSettings(
+        client_id=cfg["MS_CLIENT_ID"],
+        client_secret=cfg.get("MS_CLIENT_SECRET") or None,
+        tenant=cfg["MS_TENANT"],
+        authority=cfg["MS_AUTHORITY"],
+        scopes=cfg["MS_SCOPES"].split(),
+        redirect_uri=cfg.get("MS_REDIRECT_URI") or redirect_uri,
+    )
+
+
+def uses_app_folder() -> bool:
+    """Return whether the configured scopes limit us to the app's own folder."""
+    return APP_FOLDER_SCOPE in current_app.config["MS_SCOPES"].split()
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def get_integration(user_id: int) -> Integration | None:
+    """Return the user's OneDrive integration, or ``None``."""
+    return db.session.execute(
+        db.select(Integration).where(
+            Integration.user_id == user_id, Integration.provider == PROVIDER
+        )
+    ).scalar_one_or_none()
+
+
+def require_integration(user_id: int) -> Integration:
+    """Return the user's active integration or raise ``NotConnected`` / ``ReauthRequired``."""
+    integration = get_integration(user_id)
+    if integration is None:
+        raise NotConnected()
+    if not integration.active:
+        raise ReauthRequired()
+    return integration
+
+
+# -- tokens --------------------------------------------------------------------------------------
+
+
+def _context(integration_id: int, column: str) -> str:
+    return f"oauth_tokens:{integration_id}:{column}"
+
+
+def _expires_at(token: dict[str, Any]) -> datetime:
+    if token.get("expires_at"):
+        return datetime.fromtimestamp(float(token["expires_at"]), UTC)
+    return utcnow() + timedelta(seconds=int(token.get("expires_in") or 3600))
+
+
+def save_token(integration: Integration, token: dict[str, Any]) -> OAuthToken:
+    """Encrypt and store ``token`` for ``integration`` (access and refresh token together)."""
+    v = vault()
+    row = db.session.execute(
+        db.select(OAuthToken).where(OAuthToken.integration_id == integration.id)
+    ).scalar_one_or_none()
+    if row is None:
+        row = OAuthToken(integration_id=integration.id, user_id=integration.user_id)
+        db.session.add(row)
+    row.access_token_encrypted = v.encrypt(token["access_token"], _context(integration.id, "a"))
+    refresh_token = token.get("refresh_token")
+    row.refresh_token_encrypted = (
+        v.encrypt(refresh_token, _context(integration.id, "r")) if refresh_token else None
+    )
+    row.expires_at = _expires_at(token)
+    scope = token.get("scope") or ""
+    row.scope = " ".join(scope) if isinstance(scope, list) else str(scope)
+    row.key_id = v.current_key_id
+    return row
+
+
+def _load_token_row(integration_id: int, lock: bool) -> OAuthToken | None:
+    stmt = (
+        db.select(OAuthToken)
+        .where(OAuthToken.integration_id == integration_id)
+        .options(undefer(OAuthToken.access_token_encrypted),
+                 undefer(OAuthToken.refresh_token_encrypted))
+        .execution_options(populate_existing=True)
+    )
+    if lock and db.session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return db.session.execute(stmt).scalar_one_or_none()
+
+
+def _lock_for(integration_id: int) -> threading.Lock:
+    with _refresh_locks_guard:
+        return _refresh_locks.setdefault(integration_id, threading.Lock())
+
+
+def mark_needs_reauth(user_id: int, reason: str) -> None:
+    """Flag the user's integration: Microsoft wants them to sign in again."""
+    db.session.rollback()
+    db.session.execute(
+        update(Integration)
+        .where(Integration.user_id == user_id, Integration.provider == PROVIDER)
+        .values(status="needs_reauth", status_reason=reason[:500])
+    )
+    db.session.commit()
+    logger.info("user %s: OneDrive integration needs reauthorisation", user_id)
+
+
+class TokenProvider:
+    """Hand a GraphClient a valid access token; refresh ahead of expiry or after a 401.
+
+    ``force`` means "the last token I gave you was refused": if another thread or worker has
+    refreshed since, its token is used; otherwise this provider refreshes, once.
+    """
+
+    def __init__(
+        self,
+        user_id: int,
+        integration_id: int,
+        refresher: Callable[..., dict[str, Any]] | None = None,
+    ) -> None:
+        self.user_id = user_id
+        self.integration_id = integration_id
+        self._refresher = refresher or oauth.refresh
+        self._last: str | None = None
+
+    def __call__(self, force_refresh: bool = False) -> str:
+        """Return an access token that Graph should accept."""
+        with _lock_for(self.integration_id):
+            try:
+                token = self._current(force_refresh)
+            except BaseException:
+                db.session.rollback()
+                raise
+            db.session.commit()  # ends the row lock's transaction
+            self._last = token
+            return token
+
+    def _current(self, force: bool) -> str:
+        row = _load_token_row(self.integration_id, lock=True)
+        if row is None:
+            raise AuthError("OneDrive is not connected.", code="not_connected")
+        v = vault()
+        access = v.decrypt(row.access_token_encrypted, _context(self.integration_id, "a"))
+        fresh = row.expires_at - REFRESH_MARGIN > utcnow()
+        if fresh and (not force or (self._last is not None and access != self._last)):
+            return access
+        if not row.refresh_token_encrypted:
+            self._reauth("Microsoft did not grant offline access; reconnect OneDrive.")
+        refresh_token = v.decrypt(row.refresh_token_encrypted, _context(self.integration_id, "r"))
+        try:
+            new = self._refresher(oauth_settings(), refresh_token)
+        except AuthError as exc:
+            self._reauth(exc.human_message())
+        integration = db.session.get(Integration, self.integration_id)
+        assert integration is not None  # noqa: S101 - the token row references it
+        save_token(integration, new)
+        logger.info("refreshed OneDrive token for integration %s", self.integration_id)
+        return str(new["access_token"])
+
+    def _reauth(self, reason: str) -> None:
+        mark_needs_reauth(self.user_id, reason)
+        raise AuthError(reason, code="invalid_grant")
+
+
+def graph_client_for(user_id: int) -> tuple[GraphClient, Integration]:
+    """Return a Graph client acting for the user, and their active integration."""
+    integration = require_integration(user_id)
+    client = GraphClient(
+        TokenProvider(user_id, integration.id), base_url=current_app.config["GRAPH_URL"]
+    )
+    return client, integration
+
+
+# -- connect / disconnect ------------------------------------------------------------------------
+
+
+def begin_connect(redirect_uri: str) -> ConnectStart:
+    """Return the Microsoft sign-in URL with a fresh ``state`` and PKCE verifier."""
+    url, state, verifier = oauth.authorization_url(oauth_settings(redirect_uri))
+    return ConnectStart(url=url, state=state, code_verifier=verifier)
+
+
+def complete_connect(
+    user_id: int,
+    code: str,
+    code_verifier: str,
+    redirect_uri: str,
+    exchange: Callable[..., dict[str, Any]] | None = None,
+) -> Integration:
+    """Redeem the code, read the account and drive, and store the integration and tokens.
+
+    Reconnecting the same Microsoft account keeps every file's OneDrive link. Connecting a
+    different account resets the links (those items live in the other account's drive): the
+    files become ``not_synced`` and the next Sync All uploads them to the new drive.
+    """
+    settings = oauth_settings(redirect_uri)
+    token = (exchange or oauth.exchange_code)(settings, code, code_verifier)
+    client = GraphClient(lambda force: str(token["access_token"]),
+                         base_url=current_app.config["GRAPH_URL"])
+    me = client.me()
+    drive = client.drive()
+    if uses_app_folder():
+        folder = client.approot()
+        folder_path = "Apps/" + folder.get("name", "drivesync")
+    else:
+        folder_path = current_app.config["ONEDRIVE_FOLDER"].strip("/") or "drivesync"
+        folder = client.ensure_folder(folder_path)
+    account_id = str(me.get("id") or "")
+    integration = get_integration(user_id)
+    if integration is None:
+        integration = Integration(user_id=user_id, provider=PROVIDER)
+        db.session.add(integration)
+    elif integration.account_id and integration.account_id != account_id:
+        logger.info("user %s switched Microsoft account; resetting OneDrive links", user_id)
+        _reset_file_links(user_id)
+    quota = drive.get("quota") or {}
+    integration.status = "active"
+    integration.status_reason = None
+    integration.account_id = account_id
+    integration.account_name = me.get("displayName") or None
+    integration.account_email = me.get("mail") or me.get("userPrincipalName") or None
+    integration.drive_id = drive.get("id")
+    integration.drive_type = drive.get("driveType")
+    integration.folder_path = folder_path
+    integration.folder_id = folder.get("id")
+    integration.quota_used = quota.get("used")
+    integration.quota_total = quota.get("total")
+    integration.connected_at = utcnow()
+    db.session.flush()
+    save_token(integration, token)
+    db.session.commit()
+    logger.info("user %s connected OneDrive (%s drive)", user_id, integration.drive_type)
+    return integration
+
+
+def _reset_file_links(user_id: int) -> None:
+    db.session.execute(
+        update(File)
+        .where(File.owner_id == user_id)
+        .values(
+            onedrive_sync_status="not_synced", onedrive_id=None, onedrive_etag=None,
+            onedrive_ctag=None, onedrive_path=None, onedrive_web_url=None, onedrive_name=None,
+            onedrive_error=None, onedrive_note=None, onedrive_synced_at=None,
+            synced_content_hash=None, upload_url=None, upload_expires_at=None, bytes_sent=0,
+            claimed_at=None, heartbeat_at=None,
+        )
+    )
+
+
+def disconnect(user_id: int) -> bool:
+    """Delete the user's tokens and integration; return whether there was one (idempotent).
+
+    Files stay in the library. Their OneDrive links are reset: without the connection we can no
+    longer vouch for them, and reconnecting re-matches each file by name and quickXorHash
+    without uploading it again.
+    """
+    integration = get_integration(user_id)
+    if integration is None:
+        return False
+    db.session.delete(integration)  # cascades to the token row
+    _reset_file_links(user_id)
+    db.session.commit()
+    logger.info("user %s disconnected OneDrive", user_id)
+    return True
+
+
+def refresh_quota(user_id: int) -> Integration | None:
+    """Re-read the drive's quota (best effort: a failure keeps the old figures)."""
+    try:
+        client, integration = graph_client_for(user_id)
+        quota = client.drive().get("quota") or {}
+    except (ServiceError, GraphError) as exc:
+        logger.info("quota refresh for user %s skipped: %s", user_id, type(exc).__name__)
+        return get_integration(user_id)
+    integration.quota_used = quota.get("used", integration.quota_used)
+    integration.quota_total = quota.get("total", integration.quota_total)
+    db.session.commit()
+    return integration
+
+
+def rotate_token_keys(batch: int = 200) -> tuple[int, int]:
+    """Re-encrypt every stored token with the current key; return (rotated, total)."""
+    v = vault()
+    rotated = total = 0
+    last_id = 0
+    while True:
+        stmt = (
+            db.select(OAuthToken)
+            .where(OAuthToken.id > last_id)
+            .order_by(OAuthToken.id)
+            .limit(batch)
+            .options(undefer(OAuthToken.access_token_encrypted),
+                     undefer(OAuthToken.refresh_token_encrypted))
+        )
+        if db.session.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update()  # a concurrent refresh must not be overwritten
+        rows = list(db.session.execute(stmt).scalars())
+        if not rows:
+            break
+        for row in rows:
+            total += 1
+            last_id = row.id
+            ctx_a, ctx_r = _context(row.integration_id, "a"), _context(row.integration_id, "r")
+            if v.needs_rotation(row.access_token_encrypted) or (
+                row.refresh_token_encrypted and v.needs_rotation(row.refresh_token_encrypted)
+            ):
+                row.access_token_encrypted = v.rotate(row.access_token_encrypted, ctx_a)
+                if row.refresh_token_encrypted:
+                    row.refresh_token_encrypted = v.rotate(row.refresh_token_encrypted, ctx_r)
+                row.key_id = v.current_key_id
+                rotated += 1
+        db.session.commit()
+    return rotated, total
+
+
+def token_exists(user_id: int) -> bool:
+    """Return whether a token is stored for the user (what a user may know about it)."""
+    return (
+        db.session.execute(
+            db.select(OAuthToken.id).where(OAuthToken.user_id == user_id)
+        ).first()
+        is not None
+    )
+
