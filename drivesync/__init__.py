@@ -38,6 +38,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     csrf.init_app(app)
     limiter.init_app(app)
 
+    from . import tasks
+
+    tasks.init_app(app)
+
     from .views import register_blueprints
 
     register_blueprints(app)

@@ -7,12 +7,8 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Register every blueprint on ``app``."""
-    from . import accounts, library
+    from . import accounts, library, onedrive
 
     app.register_blueprint(accounts.bp)
     app.register_blueprint(library.bp)
-    try:
-        from . import onedrive
-    except ImportError:  # TODO: remove once views/onedrive.py lands (issue 4/5).
-        return
     app.register_blueprint(onedrive.bp)

@@ -1,0 +1,84 @@
+"""What the OneDrive settings page shows, read in a fixed number of queries.
+
+The page and its progress partial must cost the same with 10 files or 10,000: counts come from
+one grouped query, lists are limited, and nothing is loaded per file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import case, func
+
+from ..extensions import db
+from ..models import File, Integration, SyncRun
+from .integrations import get_integration
+
+# Files the pending list shows, in the order a user wants to see them.
+LISTED = ("syncing", "error", "conflict", "not_synced")
+_ORDER = case({s: i for i, s in enumerate(LISTED)}, value=File.onedrive_sync_status)
+
+
+@dataclass
+class Overview:
+    """Everything the settings page needs about one user."""
+
+    integration: Integration | None
+    counts: dict[str, int] = field(default_factory=dict)
+    pending: list[File] = field(default_factory=list)
+    run: SyncRun | None = None
+
+    @property
+    def pending_total(self) -> int:
+        """Return how many files wait for a sync (not synced or failed)."""
+        return self.counts.get("not_synced", 0) + self.counts.get("error", 0)
+
+    @property
+    def listed_total(self) -> int:
+        """Return how many files the pending list could show."""
+        return sum(self.counts.get(s, 0) for s in LISTED)
+
+    @property
+    def running(self) -> bool:
+        """Return whether a sync run is queued or under way."""
+        return self.run is not None and not self.run.finished
+
+    @property
+    def quota_percent(self) -> int | None:
+        """Return the share of the OneDrive quota in use, 0 to 100."""
+        i = self.integration
+        if not i or not i.quota_total:
+            return None
+        return min(100, round((i.quota_used or 0) * 100 / i.quota_total))
+
+
+def latest_run(user_id: int) -> SyncRun | None:
+    """Return the user's most recent sync run."""
+    return db.session.execute(
+        db.select(SyncRun).where(SyncRun.user_id == user_id).order_by(SyncRun.id.desc()).limit(1)
+    ).scalar_one_or_none()
+
+
+def overview(user_id: int, list_limit: int = 100) -> Overview:
+    """Return the settings page's data for ``user_id`` (five queries, whatever the library)."""
+    integration = get_integration(user_id)
+    result = Overview(integration=integration)
+    if integration is None:
+        return result
+    rows = db.session.execute(
+        db.select(File.onedrive_sync_status, func.count())
+        .where(File.owner_id == user_id)
+        .group_by(File.onedrive_sync_status)
+    ).all()
+    result.counts = {status: n for status, n in rows}
+    if any(result.counts.get(s) for s in LISTED):
+        result.pending = list(
+            db.session.execute(
+                db.select(File)
+                .where(File.owner_id == user_id, File.onedrive_sync_status.in_(LISTED))
+                .order_by(_ORDER, File.original_name, File.id)
+                .limit(list_limit)
+            ).scalars()
+        )
+    result.run = latest_run(user_id)
+    return result

@@ -1,0 +1,112 @@
+"""Browse the user's OneDrive folder and import a OneDrive file into the library (streamed)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..graph.errors import GraphError
+from ..models import File
+from . import library
+from .errors import NotFound, ServiceError
+from .integrations import graph_client_for
+from .storage import LocalStorage
+
+logger = logging.getLogger(__name__)
+
+BROWSE_PAGE = 50
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One item of the OneDrive folder as the browse page shows it."""
+
+    id: str
+    name: str
+    size: int
+    is_folder: bool
+    mime_type: str | None
+    modified: str | None
+    web_url: str | None
+
+
+@dataclass(frozen=True)
+class RemotePage:
+    """One page of the folder listing, and the opaque link to the next one."""
+
+    folder_path: str
+    entries: list[RemoteEntry]
+    next_link: str | None
+
+
+def _entry(item: dict[str, Any]) -> RemoteEntry:
+    return RemoteEntry(
+        id=str(item.get("id")),
+        name=str(item.get("name", "")),
+        size=int(item.get("size") or 0),
+        is_folder="folder" in item,
+        mime_type=(item.get("file") or {}).get("mimeType"),
+        modified=item.get("lastModifiedDateTime"),
+        web_url=item.get("webUrl"),
+    )
+
+
+def _graph_failure(exc: GraphError) -> ServiceError:
+    err = ServiceError(f"OneDrive could not be reached: {exc.human_message()}")
+    err.status = 502
+    return err
+
+
+def _is_folder_page_link(link: str, base_url: str, folder_id: str | None) -> bool:
+    """Return whether ``link`` is Graph's next-page link for our folder's children."""
+    path = urlsplit(link).path
+    return (
+        link.startswith(base_url.rstrip("/") + "/")
+        and bool(folder_id)
+        and f"/items/{folder_id}/children" in unquote(path)
+    )
+
+
+def browse(user_id: int, next_link: str | None = None) -> RemotePage:
+    """Return one page of the user's target folder on OneDrive."""
+    client, integration = graph_client_for(user_id)
+    if next_link and not _is_folder_page_link(next_link, client.base_url, integration.folder_id):
+        raise ServiceError("That page link is not valid for your OneDrive folder.")
+    try:
+        items, nxt = client.list_children_page(
+            item_id=integration.folder_id, top=BROWSE_PAGE, next_link=next_link or None
+        )
+    except GraphError as exc:
+        raise _graph_failure(exc) from exc
+    return RemotePage(
+        folder_path=integration.folder_path, entries=[_entry(i) for i in items], next_link=nxt
+    )
+
+
+def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
+    """Copy a OneDrive file of the user's target folder into their library, streamed to disk."""
+    client, integration = graph_client_for(user_id)
+    try:
+        item = client.get_item(item_id)
+    except GraphError as exc:
+        if exc.status in (400, 404):
+            raise NotFound("That OneDrive file does not exist.") from exc
+        raise _graph_failure(exc) from exc
+    parent = (item.get("parentReference") or {}).get("id")
+    if "file" not in item or parent != integration.folder_id:
+        # Only files of the folder we sync are importable: no walking the rest of the drive.
+        raise NotFound("That OneDrive file does not exist.")
+    incoming = storage.new_incoming()
+    try:
+        client.download(item_id, incoming)
+    except GraphError as exc:
+        storage.discard(incoming)
+        raise _graph_failure(exc) from exc
+    except BaseException:
+        storage.discard(incoming)
+        raise
+    f = library.add_file(user_id, str(item.get("name", "imported")), incoming, storage)
+    logger.info("user %s imported a OneDrive file into file %s", user_id, f.id)
+    return f

@@ -1,0 +1,193 @@
+"""The OneDrive settings page: connect, disconnect, Sync All with live progress, browse, import."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    flash,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from flask_login import current_user, login_required
+
+from ..graph.errors import GraphError
+from ..services import integrations, overview, remote
+from ..services import sync as sync_service
+from ..services.errors import ServiceError
+from ..web import storage
+from .htmx import is_htmx, redirect_to
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("onedrive", __name__, url_prefix="/settings/onedrive")
+
+STATE_TTL = 600  # seconds a sign-in may take before its state expires
+RESOLUTIONS = {"keep_both", "replace", "skip"}
+
+
+def _settings_url() -> str:
+    return url_for("onedrive.settings")
+
+
+def _page(status: int = 200) -> Any:
+    data = overview.overview(current_user.id, current_app.config["SYNC_BATCH_LIMIT"])
+    return render_template("onedrive/settings.html", o=data), status
+
+
+def _pending_partial(status: int = 200) -> Any:
+    """Render the pending list (with progress) and, out of band, the dashboard."""
+    data = overview.overview(current_user.id, current_app.config["SYNC_BATCH_LIMIT"])
+    return render_template("onedrive/_pending_update.html", o=data), status
+
+
+def _after_action() -> Any:
+    """Answer a state change: the partial for htmx, a redirect for a plain form."""
+    if is_htmx():
+        return _pending_partial()
+    return redirect(_settings_url(), code=303)
+
+
+@bp.get("/")
+@login_required
+def settings() -> Any:
+    """Show the connection card, status dashboard, pending files and how-it-works guide."""
+    return _page()
+
+
+@bp.get("/progress")
+@login_required
+def progress() -> Any:
+    """Return the live pending list; it stops polling itself once the run has ended."""
+    return _pending_partial()
+
+
+@bp.post("/connect")
+@login_required
+def connect() -> Any:
+    """Start the Microsoft sign-in: remember state and PKCE verifier, then redirect."""
+    start = integrations.begin_connect(url_for("onedrive.callback", _external=True))
+    session["onedrive_oauth"] = {
+        "state": start.state,
+        "verifier": start.code_verifier,
+        "user": current_user.id,
+        "at": int(time.time()),
+    }
+    if is_htmx():
+        return "", 204, {"HX-Redirect": start.url}
+    return redirect(start.url, code=303)
+
+
+@bp.get("/callback")
+@login_required
+def callback() -> Any:
+    """Finish the Microsoft sign-in: check state, redeem the code, store the connection."""
+    pending = session.pop("onedrive_oauth", None)  # single use, whatever happens next
+    state = request.args.get("state", "")
+    if (
+        not pending
+        or pending.get("user") != current_user.id
+        or int(time.time()) - int(pending.get("at", 0)) > STATE_TTL
+        or not hmac.compare_digest(str(pending.get("state", "")), state)
+    ):
+        abort(400, "This sign-in link has expired or was already used. Start again with Connect.")
+    error = request.args.get("error")
+    if error:
+        if error == "access_denied":
+            flash("You cancelled the Microsoft sign-in, so OneDrive was not connected.", "info")
+        else:
+            logger.info("OneDrive sign-in for user %s failed: %s", current_user.id, error[:80])
+            flash("Microsoft could not complete the sign-in. Please try again.", "error")
+        return redirect(_settings_url(), code=303)
+    code = request.args.get("code", "")
+    if not code or len(code) > 4096:
+        abort(400, "Microsoft's answer was missing the authorisation code.")
+    try:
+        integration = integrations.complete_connect(
+            current_user.id, code, pending["verifier"],
+            url_for("onedrive.callback", _external=True),
+        )
+    except GraphError as exc:
+        logger.info("OneDrive connect for user %s failed: %s", current_user.id, exc.code)
+        flash(f"OneDrive could not be connected: {exc.human_message()}", "error")
+        return redirect(_settings_url(), code=303)
+    who = integration.account_email or integration.account_name or "your account"
+    flash(f"OneDrive connected as {who}.", "success")
+    return redirect(_settings_url(), code=303)
+
+
+@bp.post("/disconnect")
+@login_required
+def disconnect() -> Any:
+    """Forget the OneDrive connection and its tokens (files stay in the library)."""
+    if integrations.disconnect(current_user.id):
+        flash("OneDrive disconnected. Your files are still in your library.", "info")
+    return redirect_to(_settings_url())
+
+
+@bp.post("/sync")
+@login_required
+def sync_all() -> Any:
+    """Queue a background sync of the pending files."""
+    try:
+        sync_service.request_sync(current_user.id)
+    except ServiceError as exc:
+        if not is_htmx():
+            flash(exc.message, "error")
+            return redirect(_settings_url(), code=303)
+        return _pending_partial_with_message(exc.message)
+    return _after_action()
+
+
+def _pending_partial_with_message(message: str) -> Any:
+    data = overview.overview(current_user.id, current_app.config["SYNC_BATCH_LIMIT"])
+    return render_template("onedrive/_pending_update.html", o=data, message=message)
+
+
+@bp.post("/files/<int:file_id>/retry")
+@login_required
+def retry(file_id: int) -> Any:
+    """Retry one failed file."""
+    sync_service.retry_file(current_user.id, file_id)
+    return _after_action()
+
+
+@bp.post("/files/<int:file_id>/resolve")
+@login_required
+def resolve(file_id: int) -> Any:
+    """Resolve a conflict: keep both, replace OneDrive's copy, or skip."""
+    action = request.form.get("action", "")
+    if action not in RESOLUTIONS:
+        abort(400, "Choose Keep both, Replace OneDrive's copy or Skip.")
+    sync_service.resolve_conflict(current_user.id, file_id, action)
+    return _after_action()
+
+
+@bp.get("/browse")
+@login_required
+def browse() -> Any:
+    """List the OneDrive folder's contents, one page at a time."""
+    page = remote.browse(current_user.id, request.args.get("next") or None)
+    template = "onedrive/_browse_rows.html" if is_htmx() else "onedrive/browse.html"
+    return render_template(template, page=page)
+
+
+@bp.post("/import")
+@login_required
+def import_file() -> Any:
+    """Copy a OneDrive file into the library."""
+    item_id = request.form.get("item_id", "")
+    if not item_id or len(item_id) > 256:
+        abort(400, "Choose a OneDrive file to import.")
+    f = remote.import_item(current_user.id, item_id, storage())
+    flash(f"Imported {f.original_name} into your library.", "success")
+    return redirect_to(url_for("library.index"))

@@ -1,0 +1,1 @@
+"""Security tests: row-level security, token storage and hostile input."""
