@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import click
 from flask import Flask
@@ -18,6 +19,7 @@ ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 users_cli = AppGroup("users", help="Manage user accounts.")
 tokens_cli = AppGroup("tokens", help="Manage OAuth token encryption keys.")
+sync_cli = AppGroup("sync", help="Run or inspect OneDrive syncs.")
 
 
 @users_cli.command("create")
@@ -57,8 +59,68 @@ def db_grant(role: str) -> None:
     click.echo(f"granted {role} row access on the drivesync schema")
 
 
+@tokens_cli.command("rotate-key")
+def tokens_rotate_key() -> None:
+    """Re-encrypt every stored token with the first key of DRIVESYNC_TOKEN_KEYS."""
+    from .services.integrations import rotate_token_keys
+    from .vault import VaultError
+
+    try:
+        rotated, total = rotate_token_keys()
+    except VaultError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"re-encrypted {rotated} of {total} token rows with the current key")
+    if total:
+        click.echo("older keys can now be removed from DRIVESYNC_TOKEN_KEYS")
+
+
+@sync_cli.command("run")
+@click.argument("email")
+def sync_run(email: str) -> None:
+    """Sync EMAIL's pending files now, in this process, and print the outcome."""
+    from . import tasks
+    from .scope import user_scope
+    from .services import sync
+
+    user = _user_by_email(email)
+    with user_scope(user.id), tasks.inline():
+        run = sync.request_sync(user.id)
+        run = sync.run_status(user.id, run.id)
+    assert run is not None  # noqa: S101 - just created
+    click.echo(f"run {run.id}: {run.status}, {run.succeeded} synced, {run.failed} failed"
+               + (f" ({run.error})" if run.error else ""))
+    if run.failed or run.status != "done":
+        raise SystemExit(1)
+
+
+@sync_cli.command("status")
+@click.argument("email")
+def sync_status(email: str) -> None:
+    """Print how many of EMAIL's files are in each sync state."""
+    from .scope import user_scope
+    from .services import library
+
+    user = _user_by_email(email)
+    with user_scope(user.id):
+        counts = library.summary_counts(user.id)
+    for status in ("not_synced", "syncing", "synced", "error", "conflict"):
+        click.echo(f"{status:11} {counts.get(status, 0)}")
+
+
+def _user_by_email(email: str) -> Any:
+    from .models import User
+
+    user = db.session.execute(
+        db.select(User).where(User.email == accounts_service.normalise_email(email))
+    ).scalar_one_or_none()
+    if user is None:
+        raise click.ClickException(f"no user with e-mail {email}")
+    return user
+
+
 def register_cli(app: Flask) -> None:
     """Add the drivesync commands to ``flask``."""
     app.cli.add_command(users_cli)
     app.cli.add_command(tokens_cli)
+    app.cli.add_command(sync_cli)
     app.cli.add_command(db_grant)

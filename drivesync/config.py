@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dotenv import load_dotenv
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +49,10 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 
 def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Return the Flask config built from defaults and ``DRIVESYNC_*`` variables in ``env``."""
-    env = os.environ if env is None else env
+    if env is None:
+        # An optional .env in the working directory; real environment variables win.
+        load_dotenv(Path.cwd() / ".env", override=False)
+        env = os.environ
     instance = Path(env.get("DRIVESYNC_INSTANCE_DIR") or DEFAULT_INSTANCE)
     mode = env.get("DRIVESYNC_ENV", "development")
     if mode not in {"development", "production"}:
@@ -76,6 +81,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "UPLOAD_FRAGMENT_MB": _env_int(env, "DRIVESYNC_UPLOAD_FRAGMENT_MB", 10),
         # Background sync.
         "SYNC_BATCH_LIMIT": _env_int(env, "DRIVESYNC_SYNC_BATCH_LIMIT", 100),
+        "PENDING_LIST_LIMIT": _env_int(env, "DRIVESYNC_PENDING_LIST_LIMIT", 50),
         "SYNC_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_CONCURRENCY", 4),
         "SYNC_GLOBAL_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_GLOBAL_CONCURRENCY", 16),
         "SYNC_STALE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_STALE_SECONDS", 300),
@@ -112,6 +118,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_PROXY_COUNT must be 0 or more")
     if cfg["SYNC_CONCURRENCY"] < 1 or cfg["SYNC_GLOBAL_CONCURRENCY"] < 1:
         raise ConfigError("sync concurrency settings must be at least 1")
+    if cfg["PENDING_LIST_LIMIT"] < 1:
+        raise ConfigError("DRIVESYNC_PENDING_LIST_LIMIT must be at least 1")
     if cfg["SYNC_BATCH_LIMIT"] < 1:
         raise ConfigError("DRIVESYNC_SYNC_BATCH_LIMIT must be at least 1")
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
@@ -131,6 +139,9 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             raise ConfigError("production needs DRIVESYNC_TOKEN_KEYS (see `flask tokens new-key`)")
         if cfg["EMULATOR_URL"]:
             raise ConfigError("the OneDrive emulator is for development only; unset EMULATOR_URL")
+        for key in ("MS_AUTHORITY", "GRAPH_URL"):
+            if not str(cfg[key]).startswith("https://"):
+                raise ConfigError(f"production needs an https:// DRIVESYNC_{key}")
         for key in ("MS_CLIENT_ID", "MS_CLIENT_SECRET"):
             if not cfg[key]:
                 raise ConfigError(f"production needs DRIVESYNC_{key}")

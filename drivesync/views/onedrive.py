@@ -40,13 +40,13 @@ def _settings_url() -> str:
 
 
 def _page(status: int = 200) -> Any:
-    data = overview.overview(current_user.id, current_app.config["SYNC_BATCH_LIMIT"])
+    data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
     return render_template("onedrive/settings.html", o=data), status
 
 
 def _pending_partial(status: int = 200) -> Any:
     """Render the pending list (with progress) and, out of band, the dashboard."""
-    data = overview.overview(current_user.id, current_app.config["SYNC_BATCH_LIMIT"])
+    data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
     return render_template("onedrive/_pending_update.html", o=data), status
 
 
@@ -149,7 +149,7 @@ def sync_all() -> Any:
 
 
 def _pending_partial_with_message(message: str) -> Any:
-    data = overview.overview(current_user.id, current_app.config["SYNC_BATCH_LIMIT"])
+    data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
     return render_template("onedrive/_pending_update.html", o=data, message=message)
 
 

@@ -1,0 +1,1 @@
+"""End-to-end tests: headless Chromium against a live app and the local OneDrive emulator."""
