@@ -48,7 +48,7 @@ def _rows(owner_id: int, start: int, stop: int, pending: int, run_id: int) -> li
 
 def _seed(app, email: str, n: int, pending: int) -> int:
     with app.app_context():
-        user = User(email=email, password_hash="x")
+        user = User(email=email, password_hash="!bench-no-login")  # noqa: S106
         db.session.add(user)
         db.session.commit()
         with user_scope(user.id):
