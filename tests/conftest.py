@@ -23,6 +23,8 @@ from drivesync.scope import user_scope
 from drivesync.services import accounts, library
 from drivesync.services.storage import LocalStorage
 
+pytest_plugins = ["tests.fixtures_emulator"]
+
 ROOT = Path(__file__).resolve().parent.parent
 # Owner URL (runs migrations, truncates) and the app's own unprivileged role (subject to RLS).
 PG_OWNER_URL = os.environ.get("DRIVESYNC_TEST_POSTGRES_URL", "")

@@ -73,7 +73,7 @@ def browse(user_id: int, next_link: str | None = None) -> RemotePage:
     """Return one page of the user's target folder on OneDrive."""
     client, integration = graph_client_for(user_id)
     if next_link and not _is_folder_page_link(next_link, client.base_url, integration.folder_id):
-        raise ServiceError("That page link is not valid for your OneDrive folder.")
+        raise NotFound("That page of your OneDrive folder does not exist.")
     try:
         items, nxt = client.list_children_page(
             item_id=integration.folder_id, top=BROWSE_PAGE, next_link=next_link or None

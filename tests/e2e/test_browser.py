@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from .conftest import ALEX, VIEWPORT, LiveServer
 
@@ -26,10 +26,10 @@ BIG_SIZE = 12 * 1024 * 1024
 
 # Remember every value #run-progress shows, without reloading (the page keeps this state only
 # as long as it is not reloaded, so it doubles as the no-reload marker).
-WATCH_PROGRESS = """() => {
+WATCH_PROGRESS = """(name) => {
   window.__marker = 1;
   window.__seen = [];
-  window.__fileBars = 0;
+  window.__fileBars = [];
   window.__watch = setInterval(() => {
     const bar = document.getElementById('run-progress');
     if (bar) {
@@ -38,7 +38,12 @@ WATCH_PROGRESS = """() => {
         window.__seen.push(v);
       }
     }
-    if (document.querySelector('#pending-files progress')) window.__fileBars += 1;
+    const file = document.querySelector(`#pending-files progress[aria-label="Upload of ${name}"]`);
+    if (file) {
+      const v = Number(file.value);
+      const seen = window.__fileBars;
+      if (seen.length === 0 || seen[seen.length - 1] !== v) seen.push(v);
+    }
   }, 25);
 }"""
 
@@ -69,7 +74,8 @@ def sign_up(page: Page, live: LiveServer, email: str) -> None:
 
 def open_settings(page: Page) -> None:
     """Open OneDrive settings from the navigation."""
-    page.get_by_role("navigation", name="Main").get_by_role("link", name="OneDrive settings").click()
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="OneDrive settings").click()
     expect(page.get_by_role("heading", name="OneDrive settings", level=1)).to_be_visible(timeout=T)
 
 
@@ -85,7 +91,8 @@ def consent_as_alex(page: Page, live: LiveServer, shot: str | None = None) -> No
                              timeout=T)
 
 
-def badge(page: Page):  # noqa: ANN201 - a Playwright Locator
+def badge(page: Page) -> Locator:
+    """The connection card's status badge."""
     return page.locator("#connection-badge")
 
 
@@ -140,7 +147,7 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
 
     # Sync All: progress updates in place (htmx), no full page reload.
     emu.throttle(every=3, retry_after=1)  # a busy Microsoft: the run takes a few seconds
-    page.evaluate(WATCH_PROGRESS)
+    page.evaluate(WATCH_PROGRESS, BIG)
     page.locator("#sync-all").click()
     expect(page.locator("#sync-all")).to_have_text("Syncing…", timeout=T)
     expect(page.locator("#sync-progress")).to_contain_text("Syncing", timeout=T)
@@ -155,9 +162,11 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     expect(page.locator("#sync-progress")).to_contain_text("Last run: 3 synced", timeout=T)
     emu.clear_faults()
     seen = page.evaluate("() => { clearInterval(window.__watch); return window.__seen; }")
-    print("SEEN", seen, page.evaluate("window.__fileBars"))
     assert page.evaluate("window.__marker") == 1, "the page was reloaded during Sync All"
-    assert page.evaluate("window.__fileBars") > 0, "no per-file progress bar was ever shown"
+    file_bars = page.evaluate("window.__fileBars")
+    print(f"overall progress seen: {seen}; {BIG} progress seen: {file_bars}")
+    assert file_bars, f"no per-file progress bar was ever shown for {BIG}"
+    assert file_bars == sorted(file_bars), f"{BIG} progress went backwards: {file_bars}"
     assert seen[0] < 100 and seen[-1] == 100, seen
     assert seen == sorted(seen), f"progress went backwards: {seen}"
     live.shot(page, "settings-after-sync", doc=True)
@@ -241,7 +250,6 @@ def test_sync_all_without_javascript(
         expect(page.locator("#count-synced")).to_have_text("3", timeout=T)
         expect(page.locator("#run-percent")).to_have_text("100%", timeout=T)
         expect(page.locator('meta[http-equiv="refresh"]')).to_have_count(0)
-        print("LOADS", before, loads)
         assert len(loads) > before, "the page never refreshed itself while the run was going"
         emu.clear_faults()
         live.shot(page, "nojs-after-sync")

@@ -2,99 +2,25 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
-from flask.testing import FlaskClient
 
-from drivesync.emulator.client import EmulatorAdmin
-from drivesync.emulator.server import EmulatorServer
-
-CLIENT_ID = "drivesync-test-client"
-CLIENT_SECRET = "drivesync-test-secret"
-CALLBACK = "http://localhost/settings/onedrive/callback"
-ALEX = "alex@contoso.example"
-MEGAN = "megan@fabrikam.example"
-
-
-@pytest.fixture(scope="session")
-def emulator() -> Iterator[EmulatorServer]:
-    """One emulator for the session, with the test app registered."""
-    with EmulatorServer(clients=[(CLIENT_ID, CLIENT_SECRET, [CALLBACK])]) as server:
-        yield server
-
-
-@pytest.fixture
-def emu(emulator: EmulatorServer) -> Iterator[EmulatorAdmin]:
-    """The emulator's admin API, reset before the test."""
-    admin = EmulatorAdmin(emulator.url)
-    admin.reset()
-    yield admin
-    admin.clear_faults()
-    admin.close()
-
-
-@pytest.fixture
-def emulator_config(emulator: EmulatorServer) -> dict[str, Any]:
-    """App configuration pointing at the emulator."""
-    return {
-        "MS_CLIENT_ID": CLIENT_ID,
-        "MS_CLIENT_SECRET": CLIENT_SECRET,
-        "MS_AUTHORITY": emulator.url,
-        "GRAPH_URL": emulator.url + "/v1.0",
-        "EMULATOR_URL": emulator.url,
-        "UPLOAD_FRAGMENT_MB": 5,
-    }
+# The emulator fixtures live in tests/fixtures_emulator.py (a plugin of the root conftest) so
+# that tests/security can use them too; the names stay importable from here.
+from tests.fixtures_emulator import (  # noqa: F401
+    ALEX,
+    CALLBACK,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    MEGAN,
+    consent,
+    csrf_from,
+    query,
+)
 
 
 @pytest.fixture
 def app_overrides(emulator_config: dict[str, Any]) -> dict[str, Any]:
     """Point every app in these tests at the emulator."""
     return emulator_config
-
-
-def consent(authorize_url: str, email: str = ALEX, accept: bool = True) -> str:
-    """Play the user on the emulator's consent page; return the redirect back to the app."""
-    with requests.Session() as s:
-        page = s.get(authorize_url, timeout=10)
-        assert page.status_code == 200, page.text[:300]
-        request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
-        r = s.post(
-            page.url,
-            data={"request_id": request_id, "account": email,
-                  "action": "accept" if accept else "cancel"},
-            allow_redirects=False,
-            timeout=10,
-        )
-    assert r.status_code in (302, 303), r.text[:300]
-    return r.headers["Location"]
-
-
-def csrf_from(html: str) -> str:
-    """Return the first CSRF token in a page."""
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-@pytest.fixture
-def connect(client: FlaskClient) -> Callable[..., Any]:
-    """Run the whole Connect flow for the signed-in user through the emulator."""
-
-    def _connect(email: str = ALEX, accept: bool = True) -> Any:
-        token = csrf_from(client.get("/settings/onedrive/").get_data(as_text=True))
-        r = client.post("/settings/onedrive/connect", data={"csrf_token": token})
-        assert r.status_code == 303, r.get_data(as_text=True)[:300]
-        back = consent(r.headers["Location"], email, accept)
-        parts = urlsplit(back)
-        assert f"{parts.scheme}://{parts.netloc}{parts.path}" == CALLBACK
-        return client.get(f"{parts.path}?{parts.query}")
-
-    return _connect
-
-
-def query(url: str) -> dict[str, str]:
-    """Return the query parameters of ``url``."""
-    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}

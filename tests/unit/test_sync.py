@@ -39,7 +39,7 @@ def fake() -> FakeDrive:
 @pytest.fixture
 def app_overrides(fake: FakeDrive) -> dict[str, Any]:
     """Point the engine at the fake drive."""
-    return {"SYNC_DRIVE_FACTORY": lambda user_id: fake, "SYNC_CONCURRENCY": 4}
+    return {"SYNC_DRIVE_FACTORY": lambda user_id: fake, "SYNC_CONCURRENCY": 1}
 
 
 @pytest.fixture
