@@ -20,7 +20,9 @@ _hasher = PasswordHasher()
 # Verified against when the e-mail is unknown, so both paths cost the same time.
 _DUMMY_HASH = _hasher.hash("drivesync-timing-equaliser")
 
-EMAIL_RE = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# Deliberately loose (the only real check is a mail that arrives), but no control characters.
+_ATOM = r"[^@\s\x00-\x1f\x7f]"
+EMAIL_RE = re.compile(rf"^{_ATOM}{{1,64}}@{_ATOM}+\.{_ATOM}+$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 
