@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request, current_app, g, render_template, request
+from flask import Flask, Request, current_app, g, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -147,6 +147,12 @@ def configure(app: Flask) -> None:
     app.jinja_env.filters["reltime"] = reltime
     app.jinja_env.filters["isotime"] = isotime
     app.context_processor(lambda: {"has_onedrive": "onedrive.settings" in app.view_functions})
+    # Browsers ask for /favicon.ico whatever the page says; point them at the SVG.
+    app.add_url_rule(
+        "/favicon.ico",
+        endpoint="favicon",
+        view_func=lambda: redirect(url_for("static", filename="img/favicon.svg"), code=301),
+    )
 
     @app.errorhandler(CSRFError)
     def csrf_error(e: CSRFError) -> Any:

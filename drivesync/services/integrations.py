@@ -22,7 +22,8 @@ from ..extensions import db
 from ..graph import oauth
 from ..graph.client import GraphClient
 from ..graph.errors import AuthError, GraphError
-from ..models import File, Integration, OAuthToken, utcnow
+from ..models import File, Integration, OAuthToken, User, utcnow
+from ..scope import user_scope
 from ..vault import Vault, development_keys
 from .errors import ServiceError
 
@@ -361,14 +362,31 @@ def refresh_quota(user_id: int) -> Integration | None:
 
 
 def rotate_token_keys(batch: int = 200) -> tuple[int, int]:
-    """Re-encrypt every stored token with the current key; return (rotated, total)."""
+    """Re-encrypt every stored token with the current key; return (rotated, total).
+
+    Runs one user at a time inside that user's scope: under PostgreSQL row-level security an
+    unscoped transaction sees no token rows at all.
+    """
     v = vault()
+    db.session.commit()  # each user's transactions must begin inside their scope
+    # users has no RLS; oauth_tokens would look empty before a user is in scope.
+    user_ids = list(db.session.execute(db.select(User.id).order_by(User.id)).scalars())
+    db.session.commit()
+    rotated = total = 0
+    for user_id in user_ids:
+        with user_scope(user_id):
+            r, t = _rotate_user_tokens(v, user_id, batch)
+        rotated, total = rotated + r, total + t
+    return rotated, total
+
+
+def _rotate_user_tokens(v: Vault, user_id: int, batch: int) -> tuple[int, int]:
     rotated = total = 0
     last_id = 0
     while True:
         stmt = (
             db.select(OAuthToken)
-            .where(OAuthToken.id > last_id)
+            .where(OAuthToken.user_id == user_id, OAuthToken.id > last_id)
             .order_by(OAuthToken.id)
             .limit(batch)
             .options(undefer(OAuthToken.access_token_encrypted),
@@ -378,7 +396,8 @@ def rotate_token_keys(batch: int = 200) -> tuple[int, int]:
             stmt = stmt.with_for_update()  # a concurrent refresh must not be overwritten
         rows = list(db.session.execute(stmt).scalars())
         if not rows:
-            break
+            db.session.commit()  # end the scoped transaction inside the scope
+            return rotated, total
         for row in rows:
             total += 1
             last_id = row.id
@@ -392,7 +411,6 @@ def rotate_token_keys(batch: int = 200) -> tuple[int, int]:
                 row.key_id = v.current_key_id
                 rotated += 1
         db.session.commit()
-    return rotated, total
 
 
 def token_exists(user_id: int) -> bool:
