@@ -74,9 +74,19 @@ class Emulator:
             self._server = EmulatorServer(clients=clients).start()
             self.url = self._server.url
             return self
-        cmd = [sys.executable, "-m", "drivesync.emulator", "--port", "0",
-               "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET,
-               "--redirect-uri", REDIRECT_URI]
+        cmd = [
+            sys.executable,
+            "-m",
+            "drivesync.emulator",
+            "--port",
+            "0",
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret",
+            CLIENT_SECRET,
+            "--redirect-uri",
+            REDIRECT_URI,
+        ]
         self._proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
@@ -149,8 +159,9 @@ class Side:
         self.session = requests.Session()  # the Graph session (bearer token)
         self.plain = requests.Session()  # upload URLs: never a bearer token
         self.session.headers["Authorization"] = f"Bearer {token}"
-        self.client = GraphClient(lambda _force: token, base_url=graph,
-                                  session=requests.Session(), timeout=TIMEOUT)
+        self.client = GraphClient(
+            lambda _force: token, base_url=graph, session=requests.Session(), timeout=TIMEOUT
+        )
 
     def close(self) -> None:
         for s in (self.session, self.plain, self.client.session, self.client.plain_session):
@@ -168,7 +179,9 @@ class Side:
         resp = self.session.put(
             f"{self.graph}/me/drive/items/{parent}:/{path.name}:/content",
             params={"@microsoft.graph.conflictBehavior": "fail"},
-            data=data, headers={"Content-Type": "application/octet-stream"}, timeout=TIMEOUT,
+            data=data,
+            headers={"Content-Type": "application/octet-stream"},
+            timeout=TIMEOUT,
         )
         with resp:
             if resp.status_code not in (200, 201):
@@ -192,8 +205,12 @@ class Side:
             while offset < size:
                 data = fh.read(self.fragment)
                 end = offset + len(data) - 1
-                resp = self.plain.put(url, data=data, timeout=TIMEOUT,
-                                      headers={"Content-Range": f"bytes {offset}-{end}/{size}"})
+                resp = self.plain.put(
+                    url,
+                    data=data,
+                    timeout=TIMEOUT,
+                    headers={"Content-Range": f"bytes {offset}-{end}/{size}"},
+                )
                 with resp:
                     if resp.status_code not in (200, 201, 202):
                         raise RuntimeError(f"baseline fragment answered {resp.status_code}")
@@ -218,8 +235,9 @@ def run_round(url: str, data: Data, fragment: int, order: list[str], tag: str) -
     try:
         admin.reset()
         for name in order:
-            sides[name] = Side(name, f"{url}/v1.0", admin.mint_token(EMAIL, CLIENT_ID)[
-                "access_token"], fragment)
+            sides[name] = Side(
+                name, f"{url}/v1.0", admin.mint_token(EMAIL, CLIENT_ID)["access_token"], fragment
+            )
         small_dirs = {n: s.folder(f"{tag}-{n}-small") for n, s in sides.items()}
         big_dirs = {n: s.folder(f"{tag}-{n}-big") for n, s in sides.items()}
         big_dirs_2 = {n: s.folder(f"{tag}-{n}-big-2") for n, s in sides.items()}
@@ -278,8 +296,12 @@ def measure_child(spec: dict[str, Any]) -> dict[str, Any]:
         side.close()
     # Without a HWM reset, growth is measured from the current RSS (the conservative reading).
     base = hwm_before if hwm_reset else rss_before
-    return {"tracemalloc_peak": peak, "rss_hwm_growth": hwm_after - base,
-            "hwm_reset": hwm_reset, "maxrss_before": maxrss_before}
+    return {
+        "tracemalloc_peak": peak,
+        "rss_hwm_growth": hwm_after - base,
+        "hwm_reset": hwm_reset,
+        "maxrss_before": maxrss_before,
+    }
 
 
 def measure_memory(url: str, data: Data, fragment: int, side: str) -> dict[str, Any]:
@@ -290,11 +312,23 @@ def measure_memory(url: str, data: Data, fragment: int, side: str) -> dict[str, 
         token = admin.mint_token(EMAIL, CLIENT_ID)["access_token"]
     finally:
         admin.close()
-    spec = {"side": side, "graph": f"{url}/v1.0", "token": token, "fragment": fragment,
-            "folder": f"memory-{side}", "path": str(data.big)}
+    spec = {
+        "side": side,
+        "graph": f"{url}/v1.0",
+        "token": token,
+        "fragment": fragment,
+        "folder": f"memory-{side}",
+        "path": str(data.big),
+    }
     # The token goes through stdin, not argv (argv is visible to every local user).
-    proc = subprocess.run([sys.executable, __file__, "--measure-memory"], input=json.dumps(spec),
-                          capture_output=True, text=True, cwd=ROOT, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--measure-memory"],
+        input=json.dumps(spec),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"memory measurement for {side} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -314,8 +348,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big-mb", type=int, default=256)
     parser.add_argument("--fragment-mb", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds (median reported)")
-    parser.add_argument("--emulator", choices=("subprocess", "inprocess"), default="subprocess",
-                        help="where the emulator runs (subprocess: it does not share our GIL)")
+    parser.add_argument(
+        "--emulator",
+        choices=("subprocess", "inprocess"),
+        default="subprocess",
+        help="where the emulator runs (subprocess: it does not share our GIL)",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -331,21 +369,31 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="drivesync-bench-") as tmp:
         t0 = time.perf_counter()
         data = make_data(Path(tmp), args.small_count, args.small_mb, args.big_mb)
-        print(f"test data: {args.small_count} x {args.small_mb:g} MiB + {args.big_mb} MiB "
-              f"in {time.perf_counter() - t0:.1f}s; emulator: {args.emulator}; "
-              f"fragment {args.fragment_mb:g} MiB; {args.rounds} rounds", flush=True)
+        print(
+            f"test data: {args.small_count} x {args.small_mb:g} MiB + {args.big_mb} MiB "
+            f"in {time.perf_counter() - t0:.1f}s; emulator: {args.emulator}; "
+            f"fragment {args.fragment_mb:g} MiB; {args.rounds} rounds",
+            flush=True,
+        )
         with Emulator(args.emulator) as emu:
-            run_round(emu.url, Data(data.small[:5], data.small[0]), fragment,
-                      ["baseline", "client"], "warmup")
+            run_round(
+                emu.url,
+                Data(data.small[:5], data.small[0]),
+                fragment,
+                ["baseline", "client"],
+                "warmup",
+            )
             times: dict[tuple[str, str], list[float]] = {}
             for r in range(args.rounds):
                 order = ["baseline", "client"] if r % 2 == 0 else ["client", "baseline"]
                 result = run_round(emu.url, data, fragment, order, f"r{r}")
                 for key, seconds in result.items():
                     times.setdefault(key, []).append(seconds)
-                print(f"  round {r + 1} ({' then '.join(order)}): "
-                      + ", ".join(f"{k[0]} {k[1]} {v:.2f}s" for k, v in result.items()),
-                      flush=True)
+                print(
+                    f"  round {r + 1} ({' then '.join(order)}): "
+                    + ", ".join(f"{k[0]} {k[1]} {v:.2f}s" for k, v in result.items()),
+                    flush=True,
+                )
             memory = {}
             if not args.skip_memory:
                 for side in ("baseline", "client"):
@@ -353,16 +401,24 @@ def main(argv: list[str] | None = None) -> int:
         return report(args, data, times, memory)
 
 
-def report(args: argparse.Namespace, data: Data, times: dict[tuple[str, str], list[float]],
-           memory: dict[str, dict[str, Any]]) -> int:
+def report(
+    args: argparse.Namespace,
+    data: Data,
+    times: dict[tuple[str, str], list[float]],
+    memory: dict[str, dict[str, Any]],
+) -> int:
     """Print the tables; return 1 (with the reasons printed) if a target is missed."""
     failures = []
     sizes = {"small": data.small_bytes, "big": data.big_bytes}
-    labels = {"small": f"{args.small_count} x {args.small_mb:g} MiB (simple PUT)",
-              "big": f"1 x {args.big_mb} MiB (session, {args.fragment_mb:g} MiB fragments)"}
+    labels = {
+        "small": f"{args.small_count} x {args.small_mb:g} MiB (simple PUT)",
+        "big": f"1 x {args.big_mb} MiB (session, {args.fragment_mb:g} MiB fragments)",
+    }
     print()
-    print(f"{'workload (median of rounds)':<44} {'client MB/s':>12} {'baseline MB/s':>14} "
-          f"{'ratio':>7}  target")
+    print(
+        f"{'workload (median of rounds)':<44} {'client MB/s':>12} {'baseline MB/s':>14} "
+        f"{'ratio':>7}  target"
+    )
     for kind in ("small", "big"):
         client = mb_s(sizes[kind], statistics.median(times[("client", kind)]))
         baseline = mb_s(sizes[kind], statistics.median(times[("baseline", kind)]))
@@ -372,15 +428,20 @@ def report(args: argparse.Namespace, data: Data, times: dict[tuple[str, str], li
             b / c for c, b in zip(times[("client", kind)], times[("baseline", kind)], strict=True)
         )
         ok = ratio >= RATIO_TARGET
-        print(f"{labels[kind]:<44} {client:>12.1f} {baseline:>14.1f} {ratio:>7.2f}  "
-              f">= {RATIO_TARGET} {'ok' if ok else 'MISSED'}")
+        print(
+            f"{labels[kind]:<44} {client:>12.1f} {baseline:>14.1f} {ratio:>7.2f}  "
+            f">= {RATIO_TARGET} {'ok' if ok else 'MISSED'}"
+        )
         if not ok:
-            failures.append(f"{kind}: client throughput is {ratio:.2f}x the baseline "
-                            f"(target >= {RATIO_TARGET})")
+            failures.append(
+                f"{kind}: client throughput is {ratio:.2f}x the baseline (target >= {RATIO_TARGET})"
+            )
     if memory:
         print()
-        print(f"{'peak memory growth, big upload':<44} {'tracemalloc':>12} {'RSS high-water':>14}"
-              "  target")
+        print(
+            f"{'peak memory growth, big upload':<44} {'tracemalloc':>12} {'RSS high-water':>14}"
+            "  target"
+        )
         for side in ("client", "baseline"):
             m = memory[side]
             peak, rss = m["tracemalloc_peak"] / MIB, m["rss_hwm_growth"] / MIB
@@ -389,8 +450,10 @@ def report(args: argparse.Namespace, data: Data, times: dict[tuple[str, str], li
                 ok = max(m["tracemalloc_peak"], m["rss_hwm_growth"]) < MEMORY_TARGET
                 line += f"  < {MEMORY_TARGET // MIB} MiB {'ok' if ok else 'MISSED'}"
                 if not ok:
-                    failures.append(f"client memory growth {max(peak, rss):.1f} MiB "
-                                    f"(target < {MEMORY_TARGET // MIB} MiB)")
+                    failures.append(
+                        f"client memory growth {max(peak, rss):.1f} MiB "
+                        f"(target < {MEMORY_TARGET // MIB} MiB)"
+                    )
             print(line)
         if not memory["client"]["hwm_reset"]:
             print("(VmHWM could not be reset: RSS growth measured from the RSS before upload)")

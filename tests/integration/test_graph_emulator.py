@@ -255,8 +255,9 @@ def test_dropped_connection_mid_fragment_resumes(alex: Harness, big_file: tuple[
     puts = upload_puts(log)
     assert [e["status"] for e in puts] == [202, 0, 202, 202, 202, 201]
     dropped_at = log.index(puts[1])
-    status_gets = [e for e in log[dropped_at:] if e["method"] == "GET"
-                   and e["path"].startswith("/_upload/")]
+    status_gets = [
+        e for e in log[dropped_at:] if e["method"] == "GET" and e["path"].startswith("/_upload/")
+    ]
     assert status_gets and status_gets[0]["status"] == 200
     assert_no_auth_on_preauthenticated(log)
 
@@ -278,14 +279,14 @@ def test_lost_response_resumes_from_next_expected_ranges(
     assert set(statuses[2:]) <= {202, 201, 416}
     assert statuses.count(202) + statuses.count(201) == 4  # the lost one was stored too
     lost_at = log.index(upload_puts(log)[1])
-    assert any(e["method"] == "GET" and e["path"].startswith("/_upload/") and e["status"] == 200
-               for e in log[lost_at:])
+    assert any(
+        e["method"] == "GET" and e["path"].startswith("/_upload/") and e["status"] == 200
+        for e in log[lost_at:]
+    )
     assert_no_auth_on_preauthenticated(log)
 
 
-def test_expired_upload_session_starts_a_new_one(
-    alex: Harness, big_file: tuple[Path, str]
-) -> None:
+def test_expired_upload_session_starts_a_new_one(alex: Harness, big_file: tuple[Path, str]) -> None:
     """An upload session that expires mid-upload is replaced by a new one and the file lands."""
     path, digest = big_file
     hook = after_first_fragment(alex.admin.expire_upload_sessions)
@@ -396,13 +397,19 @@ def test_download_follows_302_without_credentials(alex: Harness) -> None:
     alex.admin.clear_requests_log()
     out = io.BytesIO()
     progress: list[tuple[int, int | None]] = []
-    written = alex.client.download(result.item["id"], out, chunk_size=256 * 1024,
-                                   on_progress=lambda n, t: progress.append((n, t)))
+    written = alex.client.download(
+        result.item["id"],
+        out,
+        chunk_size=256 * 1024,
+        on_progress=lambda n, t: progress.append((n, t)),
+    )
     assert written == len(data) and out.getvalue() == data
     assert progress[-1] == (len(data), len(data)) and len(progress) > 1
     log = alex.log()
     assert [(e["path"].split("/")[1], e["status"]) for e in log] == [
-        ("v1.0", 302), ("_download", 200)]
+        ("v1.0", 302),
+        ("_download", 200),
+    ]
     assert_no_auth_on_preauthenticated(log)
 
 

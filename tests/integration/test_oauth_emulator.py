@@ -64,8 +64,9 @@ class Identity:
     def me(self, access_token: str) -> dict[str, Any]:
         """Return /me through GraphClient with ``access_token``."""
         session = requests.Session()
-        client = GraphClient(lambda _force: access_token, base_url=f"{self.server.url}/v1.0",
-                             session=session)
+        client = GraphClient(
+            lambda _force: access_token, base_url=f"{self.server.url}/v1.0", session=session
+        )
         try:
             return dict(client.me())
         finally:
@@ -150,8 +151,12 @@ def test_wrong_verifier_is_refused(idp: Identity) -> None:
 def test_wrong_client_secret_is_not_a_reauth_error(idp: Identity) -> None:
     """A bad client secret raises a plain GraphError (invalid_client) naming no secret."""
     query, verifier = idp.consent()
-    bad = oauth.OAuthSettings(client_id=CLIENT_ID, client_secret="not-the-right-secret",
-                              authority=idp.server.url, redirect_uri=REDIRECT_URI)
+    bad = oauth.OAuthSettings(
+        client_id=CLIENT_ID,
+        client_secret="not-the-right-secret",
+        authority=idp.server.url,
+        redirect_uri=REDIRECT_URI,
+    )
     with pytest.raises(GraphError) as info:
         oauth.exchange_code(bad, query["code"], verifier, session=idp.http)
     assert not isinstance(info.value, AuthError)
