@@ -87,6 +87,13 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SYNC_STALE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_STALE_SECONDS", 300),
         "TASK_BACKEND": env.get("DRIVESYNC_TASK_BACKEND", "celery" if production else "thread"),
         "CELERY_BROKER_URL": env.get("DRIVESYNC_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
+        "CELERY_QUEUE": env.get("DRIVESYNC_CELERY_QUEUE", "drivesync"),
+        # Runs longer than Redis's visibility timeout would be redelivered (harmlessly, since
+        # runs are idempotent, but wastefully): allow a long run.
+        "CELERY": {"broker_transport_options": {"visibility_timeout": 6 * 3600}},
+        "TASK_THREADS": _env_int(env, "DRIVESYNC_TASK_THREADS", 2),
+        # "module:attr" of a callable user_id -> Drive; empty = Microsoft Graph (tests swap it).
+        "SYNC_DRIVE_FACTORY": env.get("DRIVESYNC_SYNC_DRIVE_FACTORY", ""),
         # Sign-in rate limiting (flask-limiter storage URI).
         "RATELIMIT_STORAGE_URI": env.get("DRIVESYNC_RATELIMIT_STORAGE_URI", "memory://"),
         "LOGIN_RATE_LIMIT": env.get("DRIVESYNC_LOGIN_RATE_LIMIT", "10 per minute"),
@@ -118,6 +125,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_PROXY_COUNT must be 0 or more")
     if cfg["SYNC_CONCURRENCY"] < 1 or cfg["SYNC_GLOBAL_CONCURRENCY"] < 1:
         raise ConfigError("sync concurrency settings must be at least 1")
+    if cfg["TASK_THREADS"] < 1:
+        raise ConfigError("DRIVESYNC_TASK_THREADS must be at least 1")
     if cfg["PENDING_LIST_LIMIT"] < 1:
         raise ConfigError("DRIVESYNC_PENDING_LIST_LIMIT must be at least 1")
     if cfg["SYNC_BATCH_LIMIT"] < 1:

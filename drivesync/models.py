@@ -171,6 +171,9 @@ class File(db.Model):
     onedrive_name: Mapped[str | None] = mapped_column(String(255))
     onedrive_note: Mapped[str | None] = mapped_column(String(255))
     synced_content_hash: Mapped[str | None] = mapped_column(String(64))
+    # The content the user chose to keep off OneDrive ("Skip" on a conflict): Sync All leaves
+    # the file alone while its content_hash still equals this.
+    skipped_hash: Mapped[str | None] = mapped_column(String(64))
     sync_run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id", ondelete="SET NULL"))
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

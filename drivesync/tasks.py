@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery, Task
@@ -29,6 +32,7 @@ EXECUTE_RUN = "drivesync.execute_run"
 BACKENDS = ("thread", "celery", "eager")
 _EXTENSION = "drivesync.tasks"
 
+_inline: ContextVar[bool] = ContextVar("drivesync_tasks_inline", default=False)
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
@@ -100,9 +104,21 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
 
 
 def backend(app: Flask | None = None) -> str:
-    """Return the task backend the app was set up with."""
+    """Return the task backend in force: eager inside ``inline()``, else the app's."""
+    if _inline.get():
+        return "eager"
     app = app or current_app
     return str(app.extensions.get(_EXTENSION) or app.config.get("TASK_BACKEND", "thread"))
+
+
+@contextmanager
+def inline() -> Iterator[None]:
+    """Run jobs enqueued inside the block in the caller, whatever the backend (CLI commands)."""
+    token = _inline.set(True)
+    try:
+        yield
+    finally:
+        _inline.reset(token)
 
 
 def enqueue_run(run_id: int, user_id: int, *, resolve: str | None = None) -> Future[None] | None:

@@ -41,10 +41,13 @@ class FakeDrive:
         self.upload_delay = 0.0
         self.closed = 0
         self.service_modifies = False
+        self.quota_total = 5 * 1024**3
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
-        self.items[FOLDER_ID] = {"id": FOLDER_ID, "name": "drivesync", "folder": {},
-                                 "eTag": '"folder,1"', "parentReference": {"id": "root"}}  # fmt: skip
+        self.items[FOLDER_ID] = {
+            "id": FOLDER_ID, "name": "drivesync", "folder": {}, "eTag": '"folder,1"',
+            "parentReference": {"id": "root"},
+        }  # fmt: skip
 
     # -- scripting -----------------------------------------------------------------------------
 
@@ -152,6 +155,12 @@ class FakeDrive:
             if item is None:
                 raise not_found()
             return dict(item)
+
+    def quota(self) -> dict[str, int]:
+        """Return a quota whose ``used`` is the bytes stored, like OneDrive's."""
+        with self._lock:
+            used = sum(len(data) for data in self.content.values())
+        return {"used": used, "total": self.quota_total, "remaining": self.quota_total - used}
 
     def close(self) -> None:
         """Count closes (the engine closes every drive it makes)."""

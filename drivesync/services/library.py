@@ -161,6 +161,8 @@ def replace_file(
         "version": File.version + 1,
         "updated_at": utcnow(),
     }
+    if changed:
+        values["onedrive_note"] = None  # notes (skipped, rewritten…) were about old bytes
     db.session.execute(
         update(File).where(File.id == f.id, File.owner_id == owner_id).values(**values)
     )

@@ -32,13 +32,14 @@ class Overview:
 
     integration: Integration | None
     counts: dict[str, int] = field(default_factory=dict)
+    skipped: int = 0
     pending: list[Row[Any]] = field(default_factory=list)
     run: SyncRun | None = None
 
     @property
     def pending_total(self) -> int:
-        """Return how many files wait for a sync (not synced or failed)."""
-        return self.counts.get("not_synced", 0) + self.counts.get("error", 0)
+        """Return how many files Sync All would take (not synced or failed, not skipped)."""
+        return self.counts.get("not_synced", 0) + self.counts.get("error", 0) - self.skipped
 
     @property
     def listed_total(self) -> int:
@@ -72,12 +73,14 @@ def overview(user_id: int, list_limit: int = 100) -> Overview:
     result = Overview(integration=integration)
     if integration is None:
         return result
+    is_skipped = case((File.skipped_hash == File.content_hash, 1), else_=0)
     rows = db.session.execute(
-        db.select(File.onedrive_sync_status, func.count())
+        db.select(File.onedrive_sync_status, func.count(), func.sum(is_skipped))
         .where(File.owner_id == user_id)
         .group_by(File.onedrive_sync_status)
     ).all()
-    result.counts = {status: n for status, n in rows}
+    result.counts = {status: n for status, n, _ in rows}
+    result.skipped = sum(int(s or 0) for status, _, s in rows if status in ("not_synced", "error"))
     if any(result.counts.get(s) for s in LISTED):
         result.pending = list(
             db.session.execute(

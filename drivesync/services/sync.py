@@ -14,7 +14,8 @@ Decisions worth knowing:
 
 - ``request_sync`` while a run is queued/running returns that run (a double click on Sync All
   shows its progress); a one-file run (retry, conflict resolution) then raises ``Conflict``.
-- A conflict resolved with ``skip`` goes back to ``not_synced`` with ``SKIPPED_NOTE``; Sync All
+- A conflict resolved with ``skip`` goes back to ``not_synced`` with ``SKIPPED_NOTE`` and
+  ``skipped_hash`` = its content hash; Sync All
   leaves such files alone until the user retries or replaces them. OneDrive's copy is untouched
   and our recorded baseline (eTag/cTag) is kept, so the next upload of a new local version asks
   again if OneDrive's copy still differs from what we last synced.
@@ -36,7 +37,7 @@ from queue import Empty, SimpleQueue
 from typing import Any, Protocol
 
 from flask import Flask, current_app
-from sqlalchemy import func, or_, update
+from sqlalchemy import and_, func, or_, update
 
 from ..extensions import db
 from ..graph.client import GraphClient
@@ -109,6 +110,8 @@ class Drive(Protocol):
 
     def get_child(self, parent_id: str, name: str) -> DriveItem: ...
 
+    def quota(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -158,6 +161,10 @@ class GraphDrive:
     def get_child(self, parent_id: str, name: str) -> DriveItem:
         """Return the child ``name`` of folder ``parent_id``."""
         return self.client.get_child(parent_id, name)
+
+    def quota(self) -> dict[str, Any]:
+        """Return the drive's quota (``used``, ``total`` … in bytes)."""
+        return dict(self.client.drive().get("quota") or {})
 
     def close(self) -> None:
         """Close the client's HTTP sessions."""
@@ -301,7 +308,7 @@ def _pending_query(user_id: int) -> Any:
     return db.select(File).where(
         File.owner_id == user_id,
         File.onedrive_sync_status.in_(PENDING_STATUSES),
-        or_(File.onedrive_note.is_(None), File.onedrive_note != SKIPPED_NOTE),
+        or_(File.skipped_hash.is_(None), File.skipped_hash != File.content_hash),
     )
 
 
@@ -348,7 +355,7 @@ def _active_run(user_id: int) -> SyncRun | None:
 
 
 def _abandoned(run: SyncRun) -> bool:
-    """Return whether an active run looks dead: old, and none of its files has a fresh heartbeat."""
+    """Return whether an active run looks dead: old, and none of its files moved lately."""
     stale = timedelta(seconds=int(current_app.config.get("SYNC_STALE_SECONDS", 300)))
     now = utcnow()
     if (run.started_at or run.created_at) > now - stale:
@@ -359,8 +366,10 @@ def _abandoned(run: SyncRun) -> bool:
         .where(
             File.owner_id == run.user_id,
             File.sync_run_id == run.id,
-            File.onedrive_sync_status == "syncing",
-            File.heartbeat_at >= now - stale,
+            or_(
+                and_(File.onedrive_sync_status == "syncing", File.heartbeat_at >= now - stale),
+                File.onedrive_synced_at >= now - stale,
+            ),
         )
     ).scalar_one()
     return fresh == 0
@@ -489,7 +498,7 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     if action == "skip":
         if not update_sync_status(
             user_id, file_id, "not_synced", expected="conflict",
-            onedrive_error=None, onedrive_note=SKIPPED_NOTE,
+            onedrive_error=None, onedrive_note=SKIPPED_NOTE, skipped_hash=f.content_hash,
         ):
             raise Conflict("This file is not in conflict.")
         logger.info("user %s skipped the conflict of file %s", user_id, file_id)
@@ -614,7 +623,34 @@ def _execute_run(
                    resolve, factory, state)  # fmt: skip
     if state.reauth_message:
         return _finish_run(run_id, user_id, "stopped", state.reauth_message)
+    _refresh_quota(user_id, factory)
     return _finish_run(run_id, user_id, "done", None)
+
+
+def _refresh_quota(user_id: int, factory: DriveFactory) -> None:
+    """Record the drive's quota after a run, so the dashboard's storage bar is current.
+
+    Best effort: a failure here must not turn a successful run into a failed one.
+    """
+    drive = None
+    try:
+        drive = factory(user_id)
+        quota = drive.quota()
+    except (GraphError, ServiceError, OSError) as exc:
+        logger.info("quota refresh after a run of user %s skipped: %s", user_id,
+                    type(exc).__name__)  # fmt: skip
+        db.session.rollback()
+        return
+    finally:
+        if drive is not None:
+            drive.close()
+    if "used" in quota or "total" in quota:
+        db.session.execute(
+            update(Integration)
+            .where(Integration.user_id == user_id, Integration.provider == "onedrive")
+            .values(quota_used=quota.get("used"), quota_total=quota.get("total"))
+        )
+        db.session.commit()
 
 
 def _finish_run(run_id: int, user_id: int, status: str, error: str | None) -> SyncRun | None:
@@ -724,20 +760,7 @@ def _sync_in_run(
     except ReauthNeeded as exc:
         _stop_for_reauth(user_id, state, exc.message)
         return
-    runs = update(SyncRun).where(SyncRun.id == run_id, SyncRun.user_id == user_id)
-    if outcome.status == "synced":
-        # Atomic increments: several threads (and maybe hosts) update the same row.
-        stmt = runs.values(succeeded=SyncRun.succeeded + 1,
-                           bytes_done=SyncRun.bytes_done + outcome.size)  # fmt: skip
-    elif outcome.status in ("error", "conflict"):
-        stmt = runs.values(failed=SyncRun.failed + 1, bytes_done=SyncRun.bytes_done + outcome.size)
-    elif outcome.status == "not_synced" and outcome.claimed:
-        # Replaced while uploading: it leaves this run and waits for the next one.
-        stmt = runs.values(total=SyncRun.total - 1, bytes_total=SyncRun.bytes_total - outcome.size)
-    else:
-        return  # someone else holds it, or it is gone or already done: counted elsewhere
-    db.session.execute(stmt)
-    db.session.commit()
+    logger.debug("file %s in run %s: %s", file_id, run_id, outcome.status)
 
 
 # -- one file --------------------------------------------------------------------------------------
@@ -758,7 +781,7 @@ class _Progress:
 
     def __init__(self, claim: _Claim) -> None:
         self.claim = claim
-        self.last = 0.0
+        self.last = time.monotonic()  # the claim itself was the first heartbeat
 
     def _update(self, **values: Any) -> None:
         c = self.claim
@@ -772,8 +795,8 @@ class _Progress:
 
     def progress(self, sent: int, total: int) -> None:
         now = time.monotonic()
-        if sent < total and now - self.last < PROGRESS_INTERVAL:
-            return
+        if sent >= total or now - self.last < PROGRESS_INTERVAL:
+            return  # the final count is written with the result
         self.last = now
         self._update(bytes_sent=sent)
 
@@ -838,7 +861,7 @@ def sync_file(
         db.session.rollback()
         logger.exception("file %s of user %s: unexpected failure", file_id, user_id)
         status, values = "error", {"onedrive_error": UNEXPECTED_MESSAGE}
-    return _finish(claim, status, values)
+    return _finish(claim, status, values, run_id)
 
 
 def _claim(f: File, allowed: tuple[str, ...]) -> _Claim | None:
@@ -866,7 +889,7 @@ def _claim(f: File, allowed: tuple[str, ...]) -> _Claim | None:
         _files(f.owner_id)
         .where(File.id == f.id, File.onedrive_sync_status.in_(allowed), File.version == f.version)
         .values(onedrive_sync_status="syncing", claimed_at=now, heartbeat_at=now, bytes_sent=0,
-                onedrive_error=None)  # fmt: skip
+                onedrive_error=None, onedrive_note=None)  # fmt: skip
     ).rowcount
     db.session.commit()  # also ends the read transaction before a long upload
     return claim if moved == 1 else None
@@ -887,8 +910,29 @@ def _release(claim: _Claim, status: str) -> None:
     db.session.commit()
 
 
-def _finish(claim: _Claim, status: str, values: dict[str, Any]) -> SyncOutcome:
-    """Record the result if we still hold the claim on the same version; return the outcome."""
+def _count(run_id: int | None, user_id: int, status: str, size: int) -> None:
+    """Add a finished file to its run's counters, in the caller's transaction."""
+    if run_id is None:
+        return
+    runs = update(SyncRun).where(SyncRun.id == run_id, SyncRun.user_id == user_id)
+    # Atomic increments: several threads (and maybe hosts) update the same row.
+    if status == "synced":
+        stmt = runs.values(succeeded=SyncRun.succeeded + 1, bytes_done=SyncRun.bytes_done + size)
+    elif status in ("error", "conflict"):
+        stmt = runs.values(failed=SyncRun.failed + 1, bytes_done=SyncRun.bytes_done + size)
+    else:
+        # Replaced while uploading: it leaves this run and waits for the next one.
+        stmt = runs.values(total=SyncRun.total - 1, bytes_total=SyncRun.bytes_total - size)
+    db.session.execute(stmt)
+
+
+def _finish(
+    claim: _Claim, status: str, values: dict[str, Any], run_id: int | None = None
+) -> SyncOutcome:
+    """Record the result if we still hold the claim on the same version; return the outcome.
+
+    The file's new status and its run's counters change in one transaction.
+    """
     base: dict[str, Any] = {"claimed_at": None, "heartbeat_at": None}
     if status == "synced":
         base |= {"upload_url": None, "upload_expires_at": None, "bytes_sent": claim.size}
@@ -900,6 +944,8 @@ def _finish(claim: _Claim, status: str, values: dict[str, Any]) -> SyncOutcome:
         .where(File.version == claim.version)
         .values(onedrive_sync_status=status, **base, **values)
     ).rowcount
+    if moved == 1:
+        _count(run_id, claim.user_id, status, size)
     db.session.commit()
     if moved == 1:
         return SyncOutcome(status, size, claimed=True, message=values.get("onedrive_error"))
@@ -913,6 +959,8 @@ def _finish(claim: _Claim, status: str, values: dict[str, Any]) -> SyncOutcome:
                             upload_expires_at=None, claimed_at=None, heartbeat_at=None,
                             **remembered)  # fmt: skip
     ).rowcount
+    if moved == 1:
+        _count(run_id, claim.user_id, "not_synced", size)
     db.session.commit()
     if moved == 1:
         logger.info("file %s changed while uploading; left not_synced", claim.file_id)

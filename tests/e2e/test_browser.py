@@ -154,6 +154,15 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     big_bar = page.get_by_role("progressbar", name=f"Upload of {BIG}")
     expect(big_bar).to_be_visible(timeout=T)
     live.shot(page, "settings-sync-in-progress", doc=True)
+    # A better picture once the big file's bar has moved, if it moves while we look.
+    page.wait_for_function(
+        "(name) => { const b = document.querySelector("
+        "`#pending-files progress[aria-label=\"Upload of ${name}\"]`);"
+        " return !b || Number(b.value) > 0; }",
+        arg=BIG, timeout=T,
+    )
+    if big_bar.count() and 0 < int(big_bar.get_attribute("value") or 0) < 100:
+        live.shot(page, "settings-sync-in-progress", doc=True)
     expect(page.locator("#run-percent")).to_have_text("100%", timeout=T)
     expect(page.locator("#count-synced")).to_have_text("3", timeout=T)
     expect(page.locator("#all-synced")).to_be_visible(timeout=T)
@@ -212,6 +221,8 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
 
     # Disconnect, after confirming.
     page.locator("#connection summary", has_text="Disconnect…").click()
+    expect(page.get_by_role("button", name="Yes, disconnect")).to_be_visible(timeout=T)
+    live.shot(page, "settings-disconnect-confirm")
     page.get_by_role("button", name="Yes, disconnect").click()
     expect(badge(page)).to_have_text("Not connected", timeout=T)
     expect(page.locator("#flashes")).to_contain_text("OneDrive disconnected", timeout=T)

@@ -1,0 +1,35 @@
+"""The Celery app a test worker runs: ``celery -A tests.celery_worker_app:celery_app worker``.
+
+Built with ``create_app`` from the ``DRIVESYNC_*`` environment the test hands the subprocess
+(database URL, storage folder, broker), plus three test-only variables: the emulator's URL, a
+bearer token minted there, and the queue to consume. The worker's drives talk to the emulator.
+"""
+
+from __future__ import annotations
+
+import os
+
+from drivesync import create_app, tasks
+from drivesync.graph.client import GraphClient
+from drivesync.services.sync import Drive, GraphDrive
+
+EMULATOR_URL = os.environ.get("DRIVESYNC_TEST_EMULATOR_URL", "http://127.0.0.1:1")
+TOKEN = os.environ.get("DRIVESYNC_TEST_EMULATOR_TOKEN", "")
+
+
+def drive_factory(user_id: int) -> Drive:
+    """Return a drive on the emulator, acting with the token the test minted."""
+    return GraphDrive(GraphClient(lambda force: TOKEN, base_url=f"{EMULATOR_URL}/v1.0"))
+
+
+app = create_app(
+    {
+        "TASK_BACKEND": "celery",
+        "SYNC_DRIVE_FACTORY": drive_factory,
+        "CELERY_QUEUE": os.environ.get("DRIVESYNC_TEST_CELERY_QUEUE", "drivesync-test"),
+        "UPLOAD_FRAGMENT_MB": 5,
+    }
+)
+if "celery" not in app.extensions:  # until create_app calls tasks.init_app itself
+    tasks.init_app(app)
+celery_app = app.extensions["celery"]

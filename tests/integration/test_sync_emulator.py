@@ -1,0 +1,186 @@
+"""The sync engine over real sockets against the bundled OneDrive emulator, faults switched on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from drivesync.emulator.client import EmulatorAdmin
+from drivesync.emulator.server import EmulatorServer
+from drivesync.extensions import db
+from drivesync.graph.client import GraphClient
+from drivesync.graph.errors import AuthError
+from drivesync.graph.retry import Pacer
+from drivesync.models import File, Integration
+from drivesync.scope import user_scope
+from drivesync.services import library, sync
+from drivesync.services.storage import LocalStorage
+
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
+
+CLIENT_ID = "22223333-cccc-4444-dddd-5555eeee6666"
+ALEX = "alex@contoso.example"
+MiB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    """One emulator on a real socket for this module."""
+    with EmulatorServer(clients=[(CLIENT_ID, None, ["http://localhost/cb"])]) as server:
+        yield server
+
+
+@pytest.fixture
+def admin(emulator: EmulatorServer) -> Iterator[EmulatorAdmin]:
+    """The emulator's admin client, on a freshly reset emulator."""
+    client = EmulatorAdmin(emulator.url)
+    client.reset()
+    yield client
+    client.clear_faults()
+    client.close()
+
+
+class Tokens:
+    """A token provider like the service's: a forced refresh fails once consent is revoked."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.revoked = False
+
+    def __call__(self, force: bool = False) -> str:
+        if force and self.revoked:
+            raise AuthError("invalid_grant", code="invalid_grant")
+        return self.token
+
+
+@pytest.fixture
+def tokens(admin: EmulatorAdmin) -> Tokens:
+    """A bearer token for Alex's drive."""
+    return Tokens(admin.mint_token(ALEX, CLIENT_ID)["access_token"])
+
+
+def graph_client(emulator: EmulatorServer, tokens: Tokens) -> GraphClient:
+    """Return a Graph client on the emulator with a fast pacer (the faults still bite)."""
+    return GraphClient(tokens, base_url=f"{emulator.url}/v1.0",
+                       pacer=Pacer(base=0.02, cap=0.2, max_total_wait=20))  # fmt: skip
+
+
+@pytest.fixture
+def app_overrides(emulator: EmulatorServer, tokens: Tokens) -> dict[str, Any]:
+    """Build every drive from a fresh GraphClient on the emulator; 5 MiB fragments."""
+    return {
+        "SYNC_DRIVE_FACTORY": lambda user_id: sync.GraphDrive(graph_client(emulator, tokens)),
+        "UPLOAD_FRAGMENT_MB": 5,
+        "SYNC_CONCURRENCY": 3,
+    }
+
+
+@pytest.fixture
+def user(
+    app: Flask, make_user: Callable[..., int], emulator: EmulatorServer, tokens: Tokens
+) -> int:
+    """A user connected to Alex's drive, with the target folder created there."""
+    uid = make_user()
+    client = graph_client(emulator, tokens)
+    try:
+        folder = client.ensure_folder("drivesync")
+    finally:
+        client.session.close()
+        client.plain_session.close()
+    with app.app_context(), user_scope(uid):
+        db.session.add(Integration(user_id=uid, folder_id=folder["id"], drive_type="personal",
+                                   account_email=ALEX))  # fmt: skip
+        db.session.commit()
+    return uid
+
+
+def remote_by_name(admin: EmulatorAdmin) -> dict[str, dict[str, Any]]:
+    """Return Alex's files in the drivesync folder, by name."""
+    return {
+        i["name"]: i
+        for i in admin.list_items(ALEX)
+        if not i["folder"] and i["path"].lower().startswith("/drivesync/")
+    }
+
+
+def files(app: Flask, uid: int) -> list[File]:
+    """Return the user's file rows."""
+    with app.app_context(), user_scope(uid):
+        return list(db.session.execute(db.select(File).order_by(File.id)).scalars())
+
+
+def test_run_with_faults_uploads_exact_bytes(
+    app: Flask, admin: EmulatorAdmin, user: int, make_file: Callable[..., int]
+) -> None:
+    """A 25 MiB file and small ones arrive intact through 429s, 503s and a dropped fragment."""
+    make_file(user, "big.bin", os.urandom(25 * MiB))
+    for i in range(5):
+        make_file(user, f"small-{i}.txt", os.urandom(1000 + i))
+    make_file(user, "empty.txt", b"")
+    admin.throttle(every=5, retry_after=0)
+    admin.fail(503, count=3, retry_after=0)
+    admin.drop_connection(1)
+    with app.app_context(), user_scope(user):
+        run = sync.request_sync(user)
+        assert (run.status, run.total, run.succeeded, run.failed) == ("done", 7, 7, 0)
+        assert run.bytes_done == run.bytes_total == 25 * MiB + sum(1000 + i for i in range(5))
+    admin.clear_faults()
+    remote = remote_by_name(admin)
+    for f in files(app, user):
+        assert f.onedrive_sync_status == "synced", (f.original_name, f.onedrive_error)
+        item = remote[f.original_name]
+        assert (item["id"], item["size"]) == (f.onedrive_id, f.size)
+        assert item["quickXorHash"] == f.quick_xor_hash
+        assert f.onedrive_path == f"/drivesync/{f.original_name}"
+    log = admin.requests_log()
+    assert {429, 503} <= {r["status"] for r in log}, "the faults never fired"
+    uploads = [r for r in log if "/_upload/" in r["path"]]
+    assert uploads and not any(r["had_authorization_header"] for r in uploads)
+
+
+def test_conflict_then_replace_over_http(
+    app: Flask, admin: EmulatorAdmin, user: int, make_file: Callable[..., int]
+) -> None:
+    """A OneDrive-side edit plus a local replace is a conflict; Replace then wins over HTTP."""
+    fid = make_file(user, "notes.txt", b"version 1")
+    with app.app_context(), user_scope(user):
+        sync.request_sync(user)
+    admin.modify_item(ALEX, "/drivesync/notes.txt", b"edited in the browser")
+    with app.app_context(), user_scope(user):
+        store = LocalStorage(app.config["STORAGE_DIR"])
+        incoming = store.new_incoming()
+        incoming.write(b"version 2, local")
+        library.replace_file(user, fid, incoming, store)
+        sync.request_sync(user)
+        f = db.session.get(File, fid)
+        assert f is not None and f.onedrive_sync_status == "conflict"
+        assert remote_by_name(admin)["notes.txt"]["size"] == len(b"edited in the browser")
+        sync.resolve_conflict(user, fid, "replace")
+        db.session.expire_all()
+        f = db.session.get(File, fid)
+        assert f is not None and f.onedrive_sync_status == "synced"
+        assert remote_by_name(admin)["notes.txt"]["quickXorHash"] == f.quick_xor_hash
+
+
+def test_revoked_consent_stops_the_run(
+    app: Flask, admin: EmulatorAdmin, tokens: Tokens, user: int, make_file: Callable[..., int]
+) -> None:
+    """Revoked consent stops the run, flags the integration and leaves files not_synced."""
+    for i in range(4):
+        make_file(user, f"f{i}.txt", b"data")
+    admin.revoke_consent(ALEX)
+    tokens.revoked = True
+    with app.app_context(), user_scope(user):
+        run = sync.request_sync(user)
+        assert run.status == "stopped" and run.succeeded == 0
+        integration = db.session.execute(db.select(Integration)).scalar_one()
+        assert integration.status == "needs_reauth"
+    assert all(
+        (f.onedrive_sync_status, f.onedrive_error) == ("not_synced", None)
+        for f in files(app, user)
+    )
+    assert remote_by_name(admin) == {}
