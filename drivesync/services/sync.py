@@ -59,6 +59,7 @@ from ..graph.upload import (
 )
 from ..models import File, Integration, SyncRun, utcnow
 from ..scope import user_scope
+from . import library
 from .errors import Conflict, NotFound, ServiceError, ValidationError
 from .storage import LocalStorage
 
@@ -477,7 +478,7 @@ def request_sync(user_id: int, file_ids: Sequence[int] | None = None) -> SyncRun
 
 def retry_file(user_id: int, file_id: int) -> SyncRun:
     """Queue a one-file run for the owner's failed file."""
-    f = _get_file(user_id, file_id)
+    f = library.get_file(user_id, file_id)
     if f.onedrive_sync_status != "error":
         raise Conflict("Only a file that failed to sync can be retried.")
     return request_sync(user_id, [file_id])
@@ -492,7 +493,7 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     """
     if action not in RESOLVE_ACTIONS:
         raise ValidationError({"action": "Choose keep both, replace or skip."})
-    f = _get_file(user_id, file_id)
+    f = library.get_file(user_id, file_id)
     if f.onedrive_sync_status != "conflict":
         raise Conflict("This file is not in conflict.")
     if action == "skip":
@@ -513,15 +514,6 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     if not run.total:
         raise Conflict("This file is not in conflict.")
     return _enqueue(run, user_id, resolve=action)
-
-
-def _get_file(user_id: int, file_id: int) -> File:
-    f = db.session.execute(
-        db.select(File).where(File.id == file_id, File.owner_id == user_id)
-    ).scalar_one_or_none()
-    if f is None:
-        raise NotFound("That file does not exist.")
-    return f
 
 
 # -- reading progress ------------------------------------------------------------------------------
