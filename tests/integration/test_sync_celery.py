@@ -23,14 +23,20 @@ from drivesync.graph.client import GraphClient
 from drivesync.models import File, Integration
 from drivesync.scope import user_scope
 from drivesync.services import sync
+from tests.fixtures_emulator import ALEX, CLIENT_ID
 
 pytestmark = [pytest.mark.celery, pytest.mark.slow, pytest.mark.emulator]
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = "redis://127.0.0.1:6379/0"
-CLIENT_ID = "33334444-dddd-5555-eeee-6666ffff7777"
-ALEX = "alex@contoso.example"
 QUEUE = f"drivesync-test-{uuid.uuid4().hex[:12]}"  # stray workers never steal our tasks
+
+
+@pytest.fixture
+def redis_required() -> None:
+    """Skip when Redis is not there (bin/services starts it)."""
+    if not redis_up():
+        pytest.skip("Redis is not running on 127.0.0.1:6379 (start it: see machine notes)")
 
 
 def redis_up() -> bool:
@@ -43,28 +49,10 @@ def redis_up() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorServer]:
-    """The emulator on a real socket, reachable from the worker process."""
-    if not redis_up():
-        pytest.skip("Redis is not running on 127.0.0.1:6379 (start it: see machine notes)")
-    with EmulatorServer(clients=[(CLIENT_ID, None, ["http://localhost/cb"])]) as server:
-        yield server
-
-
 @pytest.fixture
-def admin(emulator: EmulatorServer) -> Iterator[EmulatorAdmin]:
-    """The emulator's admin client, on a freshly reset emulator."""
-    client = EmulatorAdmin(emulator.url)
-    client.reset()
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def token(admin: EmulatorAdmin) -> str:
+def token(emu: EmulatorAdmin, redis_required: None) -> str:
     """A bearer token for Alex's drive."""
-    return str(admin.mint_token(ALEX, CLIENT_ID)["access_token"])
+    return str(emu.mint_token(ALEX, CLIENT_ID)["access_token"])
 
 
 @pytest.fixture
@@ -149,7 +137,7 @@ def wait_for_run(app: Flask, uid: int, run_id: int, tmp_path: Path, timeout: flo
 
 
 def test_celery_worker_executes_a_run(
-    app: Flask, celery_app: Any, worker: subprocess.Popen[bytes], admin: EmulatorAdmin,
+    app: Flask, celery_app: Any, worker: subprocess.Popen[bytes], emu: EmulatorAdmin,
     user: int, make_file: Callable[..., int], tmp_path: Path,
 ) -> None:
     """Sync All queued on Redis is executed by the worker process and lands on OneDrive intact."""
@@ -162,7 +150,7 @@ def test_celery_worker_executes_a_run(
         run_id = run.id
     run = wait_for_run(app, user, run_id, tmp_path)
     assert (run.status, run.succeeded, run.failed) == ("done", 4, 0), run.error
-    remote = {i["name"]: i for i in admin.list_items(ALEX) if not i["folder"]}
+    remote = {i["name"]: i for i in emu.list_items(ALEX) if not i["folder"]}
     with app.app_context(), user_scope(user):
         rows = list(db.session.execute(db.select(File)).scalars())
         for f in rows:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,29 +19,11 @@ from drivesync.models import File, Integration
 from drivesync.scope import user_scope
 from drivesync.services import library, sync
 from drivesync.services.storage import LocalStorage
+from tests.fixtures_emulator import ALEX, CLIENT_ID
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
-CLIENT_ID = "22223333-cccc-4444-dddd-5555eeee6666"
-ALEX = "alex@contoso.example"
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def emulator() -> Iterator[EmulatorServer]:
-    """One emulator on a real socket for this module."""
-    with EmulatorServer(clients=[(CLIENT_ID, None, ["http://localhost/cb"])]) as server:
-        yield server
-
-
-@pytest.fixture
-def admin(emulator: EmulatorServer) -> Iterator[EmulatorAdmin]:
-    """The emulator's admin client, on a freshly reset emulator."""
-    client = EmulatorAdmin(emulator.url)
-    client.reset()
-    yield client
-    client.clear_faults()
-    client.close()
 
 
 class Tokens:
@@ -58,9 +40,9 @@ class Tokens:
 
 
 @pytest.fixture
-def tokens(admin: EmulatorAdmin) -> Tokens:
+def tokens(emu: EmulatorAdmin) -> Tokens:
     """A bearer token for Alex's drive."""
-    return Tokens(admin.mint_token(ALEX, CLIENT_ID)["access_token"])
+    return Tokens(emu.mint_token(ALEX, CLIENT_ID)["access_token"])
 
 
 def graph_client(emulator: EmulatorServer, tokens: Tokens) -> GraphClient:
@@ -98,11 +80,11 @@ def user(
     return uid
 
 
-def remote_by_name(admin: EmulatorAdmin) -> dict[str, dict[str, Any]]:
+def remote_by_name(emu: EmulatorAdmin) -> dict[str, dict[str, Any]]:
     """Return Alex's files in the drivesync folder, by name."""
     return {
         i["name"]: i
-        for i in admin.list_items(ALEX)
+        for i in emu.list_items(ALEX)
         if not i["folder"] and i["path"].lower().startswith("/drivesync/")
     }
 
@@ -114,42 +96,42 @@ def files(app: Flask, uid: int) -> list[File]:
 
 
 def test_run_with_faults_uploads_exact_bytes(
-    app: Flask, admin: EmulatorAdmin, user: int, make_file: Callable[..., int]
+    app: Flask, emu: EmulatorAdmin, user: int, make_file: Callable[..., int]
 ) -> None:
     """A 25 MiB file and small ones arrive intact through 429s, 503s and a dropped fragment."""
     make_file(user, "big.bin", os.urandom(25 * MiB))
     for i in range(5):
         make_file(user, f"small-{i}.txt", os.urandom(1000 + i))
     make_file(user, "empty.txt", b"")
-    admin.throttle(every=5, retry_after=0)
-    admin.fail(503, count=3, retry_after=0)
-    admin.drop_connection(1)
+    emu.throttle(every=5, retry_after=0)
+    emu.fail(503, count=3, retry_after=0)
+    emu.drop_connection(1)
     with app.app_context(), user_scope(user):
         run = sync.request_sync(user)
         assert (run.status, run.total, run.succeeded, run.failed) == ("done", 7, 7, 0)
         assert run.bytes_done == run.bytes_total == 25 * MiB + sum(1000 + i for i in range(5))
-    admin.clear_faults()
-    remote = remote_by_name(admin)
+    emu.clear_faults()
+    remote = remote_by_name(emu)
     for f in files(app, user):
         assert f.onedrive_sync_status == "synced", (f.original_name, f.onedrive_error)
         item = remote[f.original_name]
         assert (item["id"], item["size"]) == (f.onedrive_id, f.size)
         assert item["quickXorHash"] == f.quick_xor_hash
         assert f.onedrive_path == f"/drivesync/{f.original_name}"
-    log = admin.requests_log()
+    log = emu.requests_log()
     assert {429, 503} <= {r["status"] for r in log}, "the faults never fired"
     uploads = [r for r in log if "/_upload/" in r["path"]]
     assert uploads and not any(r["had_authorization_header"] for r in uploads)
 
 
 def test_conflict_then_replace_over_http(
-    app: Flask, admin: EmulatorAdmin, user: int, make_file: Callable[..., int]
+    app: Flask, emu: EmulatorAdmin, user: int, make_file: Callable[..., int]
 ) -> None:
     """A OneDrive-side edit plus a local replace is a conflict; Replace then wins over HTTP."""
     fid = make_file(user, "notes.txt", b"version 1")
     with app.app_context(), user_scope(user):
         sync.request_sync(user)
-    admin.modify_item(ALEX, "/drivesync/notes.txt", b"edited in the browser")
+    emu.modify_item(ALEX, "/drivesync/notes.txt", b"edited in the browser")
     with app.app_context(), user_scope(user):
         store = LocalStorage(app.config["STORAGE_DIR"])
         incoming = store.new_incoming()
@@ -158,21 +140,21 @@ def test_conflict_then_replace_over_http(
         sync.request_sync(user)
         f = db.session.get(File, fid)
         assert f is not None and f.onedrive_sync_status == "conflict"
-        assert remote_by_name(admin)["notes.txt"]["size"] == len(b"edited in the browser")
+        assert remote_by_name(emu)["notes.txt"]["size"] == len(b"edited in the browser")
         sync.resolve_conflict(user, fid, "replace")
         db.session.expire_all()
         f = db.session.get(File, fid)
         assert f is not None and f.onedrive_sync_status == "synced"
-        assert remote_by_name(admin)["notes.txt"]["quickXorHash"] == f.quick_xor_hash
+        assert remote_by_name(emu)["notes.txt"]["quickXorHash"] == f.quick_xor_hash
 
 
 def test_revoked_consent_stops_the_run(
-    app: Flask, admin: EmulatorAdmin, tokens: Tokens, user: int, make_file: Callable[..., int]
+    app: Flask, emu: EmulatorAdmin, tokens: Tokens, user: int, make_file: Callable[..., int]
 ) -> None:
     """Revoked consent stops the run, flags the integration and leaves files not_synced."""
     for i in range(4):
         make_file(user, f"f{i}.txt", b"data")
-    admin.revoke_consent(ALEX)
+    emu.revoke_consent(ALEX)
     tokens.revoked = True
     with app.app_context(), user_scope(user):
         run = sync.request_sync(user)
@@ -183,4 +165,4 @@ def test_revoked_consent_stops_the_run(
         (f.onedrive_sync_status, f.onedrive_error) == ("not_synced", None)
         for f in files(app, user)
     )
-    assert remote_by_name(admin) == {}
+    assert remote_by_name(emu) == {}
