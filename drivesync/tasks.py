@@ -73,7 +73,8 @@ def celery_init_app(app: Flask) -> Celery:
         worker_hijack_root_logger=False,
     )
     celery_app.conf.update(app.config.get("CELERY", {}))
-    celery_app.task(name=EXECUTE_RUN, ignore_result=True)(run_job)
+    # shared=False: a shared task would be attached to every Celery app created later too.
+    celery_app.task(name=EXECUTE_RUN, ignore_result=True, shared=False)(run_job)
     app.extensions["celery"] = celery_app
     return celery_app
 

@@ -118,7 +118,7 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     open_settings(page)
     expect(badge(page)).to_have_text("Not connected", timeout=T)
     expect(page.locator("#pending")).to_have_count(0)
-    live.shot(page, "01-settings-not-connected")
+    live.shot(page, "settings-not-connected")
 
     # Connect through the emulator's consent page.
     page.get_by_role("button", name="Connect OneDrive").click()
