@@ -151,7 +151,13 @@ def _consent_page(state: EmulatorState, pending: PendingAuthorize, app_name: str
     scopes = "".join(f"<li>{html.escape(s)}</li>" for s in pending.scopes)
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        "<title>Permissions requested</title></head><body>"
+        "<title>Permissions requested</title><style>"
+        "body{font-family:system-ui,sans-serif;max-width:30rem;margin:3rem auto;padding:0 1rem;"
+        "color:#1b1f24}h1{font-size:1.4rem}ul{padding-left:1.2rem}fieldset{border:1px solid #ccd;"
+        "border-radius:8px;margin:1rem 0}fieldset ul{list-style:none;padding:0}li{margin:.3rem 0}"
+        "button{font:inherit;padding:.45rem 1rem;border-radius:6px;border:1px solid #ccd;"
+        "background:#fff}button[value=accept]{background:#0364b8;color:#fff;border-color:#0364b8}"
+        "</style></head><body>"
         "<h1>Permissions requested</h1>"
         f"<p><strong>{html.escape(app_name)}</strong> (local OneDrive emulator) wants to:</p>"
         f"<ul>{scopes}</ul>"

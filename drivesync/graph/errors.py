@@ -180,7 +180,7 @@ class IntegrityError(GraphError):
 _HUMAN_BY_CODE: dict[str, str] = {
     "quotaLimitReached": InsufficientStorageError.default_human,
     "insufficientStorage": InsufficientStorageError.default_human,
-    "activityLimitReached": "OneDrive is limiting requests right now; syncing will resume later.",
+    "activityLimitReached": "OneDrive is limiting requests right now. Try again in a few minutes.",
     "nameAlreadyExists": "A file with this name already exists in that OneDrive folder.",
     "itemNotFound": "The item was not found on OneDrive (it may have been moved or deleted).",
     "accessDenied": "OneDrive denied access to this item.",

@@ -52,6 +52,29 @@ class Overview:
         return self.run is not None and not self.run.finished
 
     @property
+    def run_bytes_done(self) -> int:
+        """Return the run's bytes so far, counting files still uploading (listed first)."""
+        if self.run is None:
+            return 0
+        done = self.run.bytes_done
+        if not self.run.finished:
+            done += sum(f.bytes_sent or 0 for f in self.pending
+                        if f.onedrive_sync_status == "syncing")  # fmt: skip
+        return min(done, self.run.bytes_total) if self.run.bytes_total else done
+
+    @property
+    def run_percent(self) -> int:
+        """Return the run's overall progress, 0 to 100, moving during a big upload too."""
+        if self.run is None or self.run.finished or not self.run.bytes_total:
+            return self.run.percent if self.run else 0
+        return min(100, self.run_bytes_done * 100 // self.run.bytes_total)
+
+    @property
+    def waiting(self) -> int:
+        """Return the files waiting for or in an upload (what the dashboard calls pending)."""
+        return self.counts.get("not_synced", 0) - self.skipped + self.counts.get("syncing", 0)
+
+    @property
     def quota_percent(self) -> int | None:
         """Return the share of the OneDrive quota in use, 0 to 100."""
         i = self.integration

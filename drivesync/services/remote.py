@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from ..graph.errors import GraphError
+from ..extensions import db
+from ..graph.errors import AuthError, GraphError
 from ..models import File
-from . import library
-from .errors import NotFound, ServiceError
-from .integrations import graph_client_for
+from . import library, sync
+from .errors import Conflict, NotFound, ServiceError
+from .integrations import ReauthRequired, graph_client_for
 from .storage import LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def _entry(item: dict[str, Any]) -> RemoteEntry:
 
 
 def _graph_failure(exc: GraphError) -> ServiceError:
+    if isinstance(exc, AuthError):
+        return ReauthRequired()
     err = ServiceError(f"OneDrive could not be reached: {exc.human_message()}")
     err.status = 502
     return err
@@ -98,6 +101,12 @@ def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
     if "file" not in item or parent != integration.folder_id:
         # Only files of the folder we sync are importable: no walking the rest of the drive.
         raise NotFound("That OneDrive file does not exist.")
+    linked = db.session.execute(
+        db.select(File.original_name).where(File.owner_id == user_id, File.onedrive_id == item_id)
+    ).scalar_one_or_none()
+    if linked is not None:
+        # Two library files tracking one OneDrive item would overwrite each other's versions.
+        raise Conflict(f"This OneDrive file is already in your library as {linked}.")
     incoming = storage.new_incoming()
     try:
         client.download(item_id, incoming)
@@ -108,5 +117,10 @@ def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
         storage.discard(incoming)
         raise
     f = library.add_file(user_id, str(item.get("name", "imported")), incoming, storage)
+    remote_hash = ((item.get("file") or {}).get("hashes") or {}).get("quickXorHash")
+    if remote_hash and remote_hash == f.quick_xor_hash:
+        # It is OneDrive's copy byte for byte: track it as synced instead of uploading it back.
+        sync.link_to_item(user_id, f.id, item, f.content_hash)
+        db.session.refresh(f)
     logger.info("user %s imported a OneDrive file into file %s", user_id, f.id)
     return f

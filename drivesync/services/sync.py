@@ -961,19 +961,33 @@ def _finish(
     return SyncOutcome("gone", size)
 
 
-def _synced_values(claim: _Claim, item: DriveItem, note: str | None) -> dict[str, Any]:
+def synced_fields(
+    item: DriveItem, content_hash: str, name: str | None = None, note: str | None = None
+) -> dict[str, Any]:
+    """Return the File columns that record ``item`` as the OneDrive copy of ``content_hash``."""
     return {
         "onedrive_id": item.get("id"),
         "onedrive_etag": item.get("eTag"),
         "onedrive_ctag": item.get("cTag"),
-        "onedrive_name": item.get("name") or claim.name,
+        "onedrive_name": item.get("name") or name,
         "onedrive_path": _remote_path(item),
         "onedrive_web_url": item.get("webUrl"),
         "onedrive_synced_at": utcnow(),
         "onedrive_error": None,
         "onedrive_note": note,
-        "synced_content_hash": claim.content_hash,
+        "synced_content_hash": content_hash,
     }
+
+
+def link_to_item(user_id: int, file_id: int, item: DriveItem, content_hash: str) -> bool:
+    """Mark the owner's unsynced file as synced to ``item`` (identical on OneDrive)."""
+    return update_sync_status(
+        user_id, file_id, "synced", expected="not_synced", **synced_fields(item, content_hash)
+    )
+
+
+def _synced_values(claim: _Claim, item: DriveItem, note: str | None) -> dict[str, Any]:
+    return synced_fields(item, claim.content_hash, claim.name, note)
 
 
 def _remote_unchanged(claim: _Claim, remote: DriveItem) -> bool:

@@ -23,7 +23,7 @@ from flask_login import current_user, login_required
 from ..graph.errors import GraphError
 from ..services import integrations, overview, remote
 from ..services import sync as sync_service
-from ..services.errors import ServiceError
+from ..services.errors import Conflict, ServiceError
 from ..web import storage
 from .htmx import is_htmx, redirect_to
 
@@ -55,6 +55,12 @@ def _after_action() -> Any:
     if is_htmx():
         return _pending_partial()
     return redirect(_settings_url(), code=303)
+
+
+def _back_to_settings(message: str) -> Any:
+    """Send the user to the settings page, where Connect / Reconnect is."""
+    flash(message, "error")
+    return redirect_to(_settings_url())
 
 
 @bp.get("/")
@@ -176,7 +182,10 @@ def resolve(file_id: int) -> Any:
 @login_required
 def browse() -> Any:
     """List the OneDrive folder's contents, one page at a time."""
-    page = remote.browse(current_user.id, request.args.get("next") or None)
+    try:
+        page = remote.browse(current_user.id, request.args.get("next") or None)
+    except (integrations.NotConnected, integrations.ReauthRequired) as exc:
+        return _back_to_settings(exc.message)
     template = "onedrive/_browse_rows.html" if is_htmx() else "onedrive/browse.html"
     return render_template(template, page=page)
 
@@ -188,6 +197,12 @@ def import_file() -> Any:
     item_id = request.form.get("item_id", "")
     if not item_id or len(item_id) > 256:
         abort(400, "Choose a OneDrive file to import.")
-    f = remote.import_item(current_user.id, item_id, storage())
+    try:
+        f = remote.import_item(current_user.id, item_id, storage())
+    except (integrations.NotConnected, integrations.ReauthRequired) as exc:
+        return _back_to_settings(exc.message)
+    except Conflict as exc:
+        flash(exc.message, "error")
+        return redirect_to(url_for("onedrive.browse"))
     flash(f"Imported {f.original_name} into your library.", "success")
     return redirect_to(url_for("library.index"))

@@ -23,6 +23,7 @@ T = 30_000  # ms: the longest any single expectation may wait
 PASSWORD = "correct horse battery staple"
 BIG, TEXT, PDF = "holiday-video.bin", "notes.txt", "report.pdf"
 BIG_SIZE = 12 * 1024 * 1024
+PHONE, PHONE_BYTES = "from-phone.jpg", b"\xff\xd8\xff\xe0 a photo taken on a phone"
 
 # Remember every value #run-progress shows, without reloading (the page keeps this state only
 # as long as it is not reloaded, so it doubles as the no-reload marker).
@@ -31,9 +32,10 @@ WATCH_PROGRESS = """(name) => {
   window.__seen = [];
   window.__fileBars = [];
   window.__watch = setInterval(() => {
-    const bar = document.getElementById('run-progress');
+    // While running, the bar; once the run has ended, its summary (data-percent="100").
+    const bar = document.getElementById('run-progress') || document.getElementById('run-summary');
     if (bar) {
-      const v = Number(bar.value);
+      const v = Number(bar.tagName === 'PROGRESS' ? bar.value : bar.dataset.percent);
       if (window.__seen.length === 0 || window.__seen[window.__seen.length - 1] !== v) {
         window.__seen.push(v);
       }
@@ -163,12 +165,12 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     )
     if big_bar.count() and 0 < int(big_bar.get_attribute("value") or 0) < 100:
         live.shot(page, "settings-sync-in-progress", doc=True)
-    expect(page.locator("#run-percent")).to_have_text("100%", timeout=T)
+    expect(page.locator("#run-summary")).to_have_attribute("data-percent", "100", timeout=T)
     expect(page.locator("#count-synced")).to_have_text("3", timeout=T)
     expect(page.locator("#all-synced")).to_be_visible(timeout=T)
     expect(page.locator("#all-synced")).to_have_text("Everything is in OneDrive.")
     expect(page.locator("#count-pending")).to_have_text("0", timeout=T)
-    expect(page.locator("#sync-progress")).to_contain_text("Last run: 3 synced", timeout=T)
+    expect(page.locator("#run-summary")).to_contain_text("3 of 3 synced", timeout=T)
     emu.clear_faults()
     seen = page.evaluate("() => { clearInterval(window.__watch); return window.__seen; }")
     assert page.evaluate("window.__marker") == 1, "the page was reloaded during Sync All"
@@ -187,20 +189,28 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
         assert path in items, sorted(items)
         assert items[path]["size"] == f.stat().st_size, (path, items[path])
 
-    # Browse the OneDrive folder and import one file back into the library.
+    # A file added to the folder from elsewhere (say, a phone) shows up when browsing.
+    emu.modify_item(ALEX, f"/drivesync/{PHONE}", PHONE_BYTES)
     page.get_by_role("link", name="Browse your OneDrive folder").click()
     expect(page.get_by_role("heading", name="OneDrive: /drivesync")).to_be_visible(timeout=T)
     remote = page.locator("#remote-rows")
-    for f in files:
-        expect(remote.locator(f'tr[data-name="{f.name}"]')).to_be_visible(timeout=T)
+    for name in [f.name for f in files] + [PHONE]:
+        expect(remote.locator(f'tr[data-name="{name}"]')).to_be_visible(timeout=T)
     live.shot(page, "browse-onedrive", doc=True)
+    # Importing a file the library already tracks is refused with a clear message.
     remote.locator(f'tr[data-name="{PDF}"]').get_by_role("button", name="Import to library").click()
+    expect(page.locator("#flashes")).to_contain_text(
+        f"already in your library as {PDF}", timeout=T)
+    # Importing the new one copies it into the library, already synced.
+    remote = page.locator("#remote-rows")
+    remote.locator(f'tr[data-name="{PHONE}"]').get_by_role("button", name="Import to library"
+                                                             ).click()
     expect(page).to_have_url(re.compile(r"/library/"), timeout=T)
-    expect(page.locator("#flashes")).to_contain_text(f"Imported {PDF} into your library",
+    expect(page.locator("#flashes")).to_contain_text(f"Imported {PHONE} into your library",
                                                      timeout=T)
     expect(page.locator("#library caption")).to_have_text("4 files", timeout=T)
-    expect(page.locator("#library table.files").get_by_role("link", name=PDF, exact=True)
-           ).to_have_count(2, timeout=T)
+    row = page.locator("#library tr", has=page.get_by_role("link", name=PHONE, exact=True))
+    expect(row.locator(".badge")).to_have_text("synced", timeout=T)
     live.shot(page, "library-after-import")
 
     # Microsoft withdraws consent: the next Graph call flags the connection.
@@ -259,7 +269,7 @@ def test_sync_all_without_javascript(
         expect(page.locator("#all-synced")).to_have_text("Everything is in OneDrive.",
                                                           timeout=T)
         expect(page.locator("#count-synced")).to_have_text("3", timeout=T)
-        expect(page.locator("#run-percent")).to_have_text("100%", timeout=T)
+        expect(page.locator("#run-summary")).to_contain_text("3 of 3 synced", timeout=T)
         expect(page.locator('meta[http-equiv="refresh"]')).to_have_count(0)
         assert len(loads) > before, "the page never refreshed itself while the run was going"
         emu.clear_faults()
