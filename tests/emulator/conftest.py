@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import requests
@@ -72,3 +75,13 @@ def pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
     return verifier, challenge.decode().rstrip("=")
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine to completion on a fresh event loop in its own thread.
+
+    pytest-playwright's sync API keeps an event loop running in the main thread for the rest of
+    the session once a browser test has run, and ``asyncio.run`` refuses to nest in it.
+    """
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()

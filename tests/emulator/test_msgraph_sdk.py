@@ -7,7 +7,6 @@ a kiota ``BaseBearerTokenAuthenticationProvider`` returning a token minted by th
 
 from __future__ import annotations
 
-import asyncio
 import os
 from typing import Any
 
@@ -30,7 +29,7 @@ from msgraph.generated.models.folder import Folder
 from msgraph.generated.models.o_data_errors.o_data_error import ODataError
 from msgraph_core.tasks.page_iterator import PageIterator
 
-from .conftest import ALEX, CLIENT_ID, Env
+from .conftest import ALEX, CLIENT_ID, Env, run_async
 from .test_graph import qxh
 
 pytestmark = [
@@ -68,7 +67,7 @@ def make_client(env: Env, email: str = ALEX) -> GraphServiceClient:
 
 
 def run(coro):
-    return asyncio.run(coro)
+    return run_async(coro)
 
 
 async def _drive_id(client: GraphServiceClient) -> str:

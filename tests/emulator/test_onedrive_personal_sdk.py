@@ -7,7 +7,6 @@ two constants; no library code is modified. It validates ``quickXorHash`` itself
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -21,7 +20,7 @@ from onedrive_personal_sdk.const import ConflictBehavior
 from onedrive_personal_sdk.exceptions import HashMismatchError, HttpRequestException
 from onedrive_personal_sdk.models.upload import FileInfo
 
-from .conftest import ALEX, CLIENT_ID, Env
+from .conftest import ALEX, CLIENT_ID, Env, run_async
 from .test_graph import qxh
 
 pytestmark = [
@@ -86,7 +85,7 @@ def test_multi_fragment_upload_download_and_conflicts(sdk_env: Env) -> None:
             assert small.hashes.quick_xor_hash == qxh(b"hi")
             await client.delete_drive_item(small.id)
 
-    asyncio.run(scenario())
+    run_async(scenario())
     fragments = [e for e in env.admin.requests_log()
                  if e["path"].startswith("/_upload/") and e["method"] == "PUT"]
     assert len([e for e in fragments if e["status"] == 202]) >= 2
@@ -125,7 +124,7 @@ def test_lost_response_recovery_exposes_sdk_hash_bug(sdk_env: Env) -> None:
                                  ConflictBehavior.REPLACE, progress)
 
     with pytest.raises(HashMismatchError):
-        asyncio.run(scenario())
+        run_async(scenario())
     fragments = [(e["status"], e["dropped"]) for e in env.admin.requests_log()
                  if e["path"].startswith("/_upload/")]
     assert fragments == [(202, False), (0, True), (416, False), (200, False), (201, False)]
