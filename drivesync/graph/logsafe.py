@@ -13,6 +13,9 @@ import re
 logger = logging.getLogger(__name__)
 
 _QUERY = re.compile(r"\?\S*")
+# Pre-authenticated download and upload URLs may carry their credential in the path, as one long
+# opaque segment. Graph's own paths have short segments (item ids are at most ~40 characters).
+_LONG_SEGMENT = re.compile(r"/[A-Za-z0-9._~%!-]{41,}")
 
 
 class DropDebugFilter(logging.Filter):
@@ -23,16 +26,17 @@ class DropDebugFilter(logging.Filter):
         return record.levelno > logging.DEBUG
 
 
+def _scrub(text: str) -> str:
+    return _LONG_SEGMENT.sub("/[redacted]", _QUERY.sub("?[redacted]", text))
+
+
 class StripQueryFilter(logging.Filter):
-    """Remove query strings from urllib3's request lines."""
+    """Remove query strings and long opaque path segments from urllib3's request lines."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        """Rewrite string arguments that carry a query string; keep the record."""
+        """Rewrite string arguments that may carry a credential; keep the record."""
         if isinstance(record.args, tuple):
-            record.args = tuple(
-                _QUERY.sub("?[redacted]", a) if isinstance(a, str) and "?" in a else a
-                for a in record.args
-            )
+            record.args = tuple(_scrub(a) if isinstance(a, str) else a for a in record.args)
         return True
 
 
