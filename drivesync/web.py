@@ -9,7 +9,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Request, current_app, g, redirect, render_template, request, url_for
+from flask import (
+    Flask,
+    Request,
+    current_app,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
@@ -78,8 +88,6 @@ def _security_headers(response: Any) -> Any:
 
 def _scope_request() -> None:
     """Scope the request's database work to the signed-in user (the session cookie is signed)."""
-    from flask import session
-
     raw = session.get("_user_id")
     g._scope_token = set_scope(int(raw) if raw and str(raw).isdigit() else None)
 
