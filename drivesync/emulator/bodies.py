@@ -60,18 +60,20 @@ def read_and_discard(nbytes: int) -> None:
 def drop_connection() -> Response:
     """Close the client's socket without an answer (werkzeug's server only).
 
-    The returned response's body raises ``ConnectionAbortedError`` before a byte is written,
-    which werkzeug treats as a dropped connection: no status line ever reaches the client.
+    The socket is shut down only when werkzeug starts sending the body, after the request log
+    entry was written: a client that retries at once then always finds the drop logged first.
+    The body raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats as
+    a dropped connection: no status line ever reaches the client.
     """
     sock = request.environ.get("werkzeug.socket")
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
     g.dropped = True
 
     def body() -> Iterator[bytes]:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         raise ConnectionAbortedError("the emulator dropped this connection on purpose")
         yield b""  # pragma: no cover
 
