@@ -7,6 +7,7 @@ SQLite file and a live werkzeug server whose URL the emulator accepts as a redir
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import threading
@@ -70,11 +71,15 @@ class LiveServer:
     emulator_url: str
 
     def shot(self, page: Any, name: str, doc: bool = False) -> Path:
-        """Save a full-page screenshot to test-artifacts/e2e/ (and docs/screenshots/)."""
+        """Save a full-page screenshot to test-artifacts/e2e/.
+
+        With ``DRIVESYNC_UPDATE_SCREENSHOTS=1`` the ``doc`` ones also refresh the README's
+        pictures in docs/screenshots/ (a plain test run leaves the work tree clean).
+        """
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{name}.png"
         page.screenshot(path=str(path), full_page=True)
-        if doc:
+        if doc and os.environ.get("DRIVESYNC_UPDATE_SCREENSHOTS") == "1":
             DOC_SHOTS.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, DOC_SHOTS / f"{name}.png")
         return path
