@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import text
 
 from .extensions import db
@@ -42,6 +42,7 @@ def tokens_new_key() -> None:
 
 @click.command("db-grant")
 @click.argument("role")
+@with_appcontext
 def db_grant(role: str) -> None:
     """Grant the app's PostgreSQL ROLE what it needs on the schema (run as the owner)."""
     if db.engine.dialect.name != "postgresql":

@@ -139,3 +139,36 @@ def test_revoked_consent_marks_reauth_once(client, app, user, connect, emu):
     assert "Reconnect needed" in page and ">Reconnect<" in page
     token_requests = [r for r in emu.requests_log() if r["path"].endswith("/oauth2/v2.0/token")]
     assert len(token_requests) <= 2  # the exchange at connect + at most one refresh, no storm
+
+
+def test_app_folder_scope_uses_the_app_folder(client, app, user, connect, emu):
+    """With Files.ReadWrite.AppFolder, files go to the app's own folder under /Apps."""
+    app.config["MS_SCOPES"] = "offline_access User.Read Files.ReadWrite.AppFolder"
+    assert connect(ALEX).status_code == 303
+    [i] = db_rows(app, Integration, user)
+    assert i.folder_path.startswith("Apps/") and i.folder_id
+    paths = {it["path"] for it in emu.list_items(ALEX) if it["folder"]}
+    assert "/" + i.folder_path in paths
+
+
+def test_browse_pages_through_the_folder(client, app, user, connect, emu, monkeypatch):
+    """Browse shows the folder a page at a time; "Show more" follows Graph's next link."""
+    from drivesync.services import remote
+
+    monkeypatch.setattr(remote, "BROWSE_PAGE", 2)
+    connect(ALEX)
+    names = [f"doc{i}.txt" for i in range(5)]
+    for name in names:
+        emu.modify_item(ALEX, f"/drivesync/{name}", name.encode())
+    html = client.get("/settings/onedrive/browse").get_data(as_text=True)
+    seen = [n for n in names if f'data-name="{n}"' in html]
+    assert len(seen) == 2 and "Show more" in html
+    while "Show more" in html:
+        link = html.split('hx-get="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+        html = client.get(link, headers={"HX-Request": "true"}).get_data(as_text=True)
+        assert "<html" not in html  # rows only
+        seen += [n for n in names if f'data-name="{n}"' in html]
+    assert sorted(seen) == names
+    other = "http://evil.example/v1.0/me/drive/root/children"
+    assert client.get("/settings/onedrive/browse", query_string={"next": other}
+                      ).status_code == 404
