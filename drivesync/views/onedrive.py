@@ -25,7 +25,7 @@ from ..services import integrations, overview, remote
 from ..services import sync as sync_service
 from ..services.errors import Conflict, ServiceError
 from ..web import storage
-from .htmx import is_htmx, redirect_to
+from .htmx import is_htmx, redirect_to, vary_on_htmx
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +187,7 @@ def browse() -> Any:
     except (integrations.NotConnected, integrations.ReauthRequired) as exc:
         return _back_to_settings(exc.message)
     template = "onedrive/_browse_rows.html" if is_htmx() else "onedrive/browse.html"
-    return render_template(template, page=page)
+    return vary_on_htmx(current_app.make_response(render_template(template, page=page)))
 
 
 @bp.post("/import")
