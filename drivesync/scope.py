@@ -26,34 +26,62 @@ def current_scope() -> int | None:
 
 @contextmanager
 def user_scope(user_id: int | None) -> Iterator[None]:
-    """Scope database work inside the block to ``user_id`` (start a new transaction first)."""
-    token = _current_user.set(user_id)
+    """Scope database work inside the block to ``user_id``, including an open transaction."""
+    token = set_scope(user_id)
     try:
         yield
     finally:
-        _current_user.reset(token)
+        reset_scope(token)
 
 
 def set_scope(user_id: int | None) -> Any:
     """Set the scope until reset with the returned token (for request hooks)."""
-    return _current_user.set(user_id)
+    token = _current_user.set(user_id)
+    _apply_to_open_transactions()
+    return token
 
 
 def reset_scope(token: Any) -> None:
     """Undo ``set_scope``."""
     _current_user.reset(token)
+    _apply_to_open_transactions()
 
 
-def _after_begin(session: Session, transaction: Any, connection: Any) -> None:
-    if connection.dialect.name != "postgresql":
-        return
+def _set_config(connection: Any) -> None:
     uid = _current_user.get()
     connection.execute(
         text("SELECT set_config('app.user_id', :u, true)"), {"u": "" if uid is None else str(uid)}
     )
 
 
+def _apply_to_open_transactions() -> None:
+    """Hand a changed scope to a transaction that is already open (else it would keep the old
+    user until it ends: a lookup before ``user_scope`` must not blind the work inside it)."""
+    for scoped in _installed:
+        try:
+            if not scoped.registry.has():
+                continue
+            session = scoped()
+        except RuntimeError:  # no app context: no session to update
+            continue
+        if session.in_transaction():
+            connection = session.connection()
+            if connection.dialect.name == "postgresql":
+                _set_config(connection)
+
+
+def _after_begin(session: Session, transaction: Any, connection: Any) -> None:
+    if connection.dialect.name == "postgresql":
+        _set_config(connection)
+
+
+_installed: list[Any] = []
+
+
 def install(session_target: Any) -> None:
-    """Hand the scope to PostgreSQL at the start of every transaction of ``session_target``."""
+    """Hand the scope to PostgreSQL at the start of every transaction of ``session_target``
+    (a ``scoped_session``), and to its open transaction whenever the scope changes."""
     if not event.contains(session_target, "after_begin", _after_begin):
         event.listen(session_target, "after_begin", _after_begin)
+    if session_target not in _installed:
+        _installed.append(session_target)
