@@ -845,7 +845,9 @@ def sync_file(
         db.session.rollback()
         status, values = "error", {"onedrive_error": _short(exc.human_message())}
         logger.info("file %s of user %s failed: %s", file_id, user_id, exc.code)
-    except OSError:
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        # Only local file errors: requests' exceptions are OSErrors too, but the Graph layer
+        # turns every transport failure into a GraphError before it gets here.
         db.session.rollback()
         status, values = "error", {"onedrive_error": MISSING_MESSAGE}
         logger.warning("file %s of user %s: cannot read its stored bytes", file_id, user_id)
