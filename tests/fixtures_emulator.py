@@ -92,3 +92,24 @@ def connect(client: FlaskClient) -> Callable[..., Any]:
 def query(url: str) -> dict[str, str]:
     """Return the query parameters of ``url``."""
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def connected_user(app: Any, make_user: Callable[..., int], client: Any) -> int:
+    """Create a user whose integration points at Alex's drive, skipping the OAuth dance.
+
+    ``client`` is a GraphClient on the emulator; it creates the target folder and is closed.
+    """
+    from drivesync.extensions import db
+    from drivesync.models import Integration
+    from drivesync.scope import user_scope
+
+    uid = make_user()
+    try:
+        folder = client.ensure_folder("drivesync")
+    finally:
+        client.close()
+    with app.app_context(), user_scope(uid):
+        db.session.add(Integration(user_id=uid, folder_id=folder["id"], drive_type="personal",
+                                   account_email=ALEX))  # fmt: skip
+        db.session.commit()
+    return uid

@@ -65,6 +65,11 @@ class GraphClient:
         self.plain_session = requests.Session()
         self.plain_session.trust_env = self.session.trust_env
 
+    def close(self) -> None:
+        """Close both HTTP sessions (the Graph one and the credential-free one)."""
+        self.session.close()
+        self.plain_session.close()
+
     # -- transport -----------------------------------------------------------------------------
 
     def url(self, path: str) -> str:

@@ -169,8 +169,7 @@ class GraphDrive:
 
     def close(self) -> None:
         """Close the client's HTTP sessions."""
-        self.client.session.close()
-        self.client.plain_session.close()
+        self.client.close()
 
 
 def default_drive_factory(user_id: int) -> Drive:

@@ -39,15 +39,15 @@ def _settings_url() -> str:
     return url_for("onedrive.settings")
 
 
-def _page(status: int = 200) -> Any:
+def _page() -> Any:
     data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
-    return render_template("onedrive/settings.html", o=data), status
+    return render_template("onedrive/settings.html", o=data)
 
 
-def _pending_partial(status: int = 200) -> Any:
-    """Render the pending list (with progress) and, out of band, the dashboard."""
+def _pending_partial(message: str | None = None) -> Any:
+    """Render the pending list (with progress and a message) and, out of band, the dashboard."""
     data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
-    return render_template("onedrive/_pending_update.html", o=data), status
+    return render_template("onedrive/_pending_update.html", o=data, message=message)
 
 
 def _after_action() -> Any:
@@ -150,13 +150,8 @@ def sync_all() -> Any:
         if not is_htmx():
             flash(exc.message, "error")
             return redirect(_settings_url(), code=303)
-        return _pending_partial_with_message(exc.message)
+        return _pending_partial(exc.message)
     return _after_action()
-
-
-def _pending_partial_with_message(message: str) -> Any:
-    data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
-    return render_template("onedrive/_pending_update.html", o=data, message=message)
 
 
 @bp.post("/files/<int:file_id>/retry")

@@ -95,32 +95,27 @@ def test_disconnect_needs_csrf(client, app, user, connect):
     assert len(db_rows(app, Integration, user)) == 1
 
 
-def test_reconnect_other_account_resets_links(client, app, user, connect, make_file):
-    """Connecting a different Microsoft account resets every file's OneDrive link."""
+@pytest.mark.parametrize(
+    ("second", "expected"),
+    [(MEGAN, ("not_synced", None)),  # another account: the links point into the wrong drive
+     (ALEX, ("synced", "ITEM1"))],  # the same account: the links still hold
+)
+def test_reconnect_keeps_links_only_for_the_same_account(
+    client, app, user, connect, make_file, second, expected
+):
+    """Reconnecting resets every file's OneDrive link, unless it is the same account."""
     fid = make_file(user, "a.txt", b"a")
     connect(ALEX)
     with app.app_context(), user_scope(user):
         f = db.session.get(File, fid)
         f.onedrive_sync_status, f.onedrive_id = "synced", "ITEM1"
         db.session.commit()
-    connect(MEGAN)
+    connect(second)
     [i] = db_rows(app, Integration, user)
-    assert i.account_email == MEGAN and i.drive_type == "business"
+    assert i.account_email == second
+    assert i.drive_type == ("business" if second == MEGAN else "personal")
     [f] = db_rows(app, File, user)
-    assert (f.onedrive_sync_status, f.onedrive_id) == ("not_synced", None)
-
-
-def test_reconnect_same_account_keeps_links(client, app, user, connect, make_file):
-    """Reconnecting the same account keeps the files' OneDrive links."""
-    fid = make_file(user, "a.txt", b"a")
-    connect(ALEX)
-    with app.app_context(), user_scope(user):
-        f = db.session.get(File, fid)
-        f.onedrive_sync_status, f.onedrive_id = "synced", "ITEM1"
-        db.session.commit()
-    connect(ALEX)
-    [f] = db_rows(app, File, user)
-    assert (f.onedrive_sync_status, f.onedrive_id) == ("synced", "ITEM1")
+    assert (f.onedrive_sync_status, f.onedrive_id) == expected
 
 
 def test_revoked_consent_marks_reauth_once(client, app, user, connect, emu):

@@ -22,12 +22,11 @@ from drivesync.graph.errors import GraphError, InsufficientStorageError
 from drivesync.graph.quickxor import QuickXorHash
 from drivesync.graph.retry import Pacer
 from drivesync.graph.upload import UploadResult, upload_file
+from tests.fixtures_emulator import CALLBACK as REDIRECT_URI
+from tests.fixtures_emulator import CLIENT_ID, CLIENT_SECRET
 
 pytestmark = pytest.mark.emulator
 
-CLIENT_ID = "0f1e2d3c-aaaa-4bbb-8ccc-123456789abc"
-CLIENT_SECRET = "integration-secret-value"
-REDIRECT_URI = "http://localhost:5000/onedrive/callback"
 ALEX = "alex@contoso.example"  # personal drive
 MEGAN = "megan@fabrikam.example"  # business drive
 MIB = 1024 * 1024
@@ -156,21 +155,16 @@ def after_first_fragment(action: Callable[[], None]) -> Callable[[int, int], Non
     return on_progress
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmulatorServer]:
-    """One emulator on a real socket for this module."""
-    with EmulatorServer(clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as srv:
-        yield srv
+@pytest.fixture
+def server(emulator: EmulatorServer) -> EmulatorServer:
+    """The session's shared emulator (tests/fixtures_emulator.py)."""
+    return emulator
 
 
 @pytest.fixture
-def admin(server: EmulatorServer) -> Iterator[EmulatorAdmin]:
-    """The admin client, on a freshly reset emulator."""
-    adm = EmulatorAdmin(server.url)
-    adm.reset()
-    yield adm
-    adm.clear_faults()
-    adm.close()
+def admin(emu: EmulatorAdmin) -> EmulatorAdmin:
+    """Its admin client, on a freshly reset emulator."""
+    return emu
 
 
 @pytest.fixture(scope="module")

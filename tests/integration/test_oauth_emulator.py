@@ -63,15 +63,11 @@ class Identity:
 
     def me(self, access_token: str) -> dict[str, Any]:
         """Return /me through GraphClient with ``access_token``."""
-        session = requests.Session()
-        client = GraphClient(
-            lambda _force: access_token, base_url=f"{self.server.url}/v1.0", session=session
-        )
+        client = GraphClient(lambda _force: access_token, base_url=f"{self.server.url}/v1.0")
         try:
             return dict(client.me())
         finally:
-            session.close()
-            client.plain_session.close()
+            client.close()
 
 
 def assert_secret_free(exc: BaseException, *secrets: str) -> None:

@@ -23,7 +23,7 @@ from drivesync.graph.client import GraphClient
 from drivesync.models import File, Integration
 from drivesync.scope import user_scope
 from drivesync.services import sync
-from tests.fixtures_emulator import ALEX, CLIENT_ID
+from tests.fixtures_emulator import ALEX, CLIENT_ID, connected_user
 
 pytestmark = [pytest.mark.celery, pytest.mark.slow, pytest.mark.emulator]
 
@@ -108,18 +108,8 @@ def worker(
 @pytest.fixture
 def user(app: Flask, make_user: Callable[..., int], emulator: EmulatorServer, token: str) -> int:
     """A user connected to Alex's drive, with the target folder created there."""
-    uid = make_user()
     client = GraphClient(lambda force: token, base_url=f"{emulator.url}/v1.0")
-    try:
-        folder = client.ensure_folder("drivesync")
-    finally:
-        client.session.close()
-        client.plain_session.close()
-    with app.app_context(), user_scope(uid):
-        db.session.add(Integration(user_id=uid, folder_id=folder["id"], drive_type="personal",
-                                   account_email=ALEX))  # fmt: skip
-        db.session.commit()
-    return uid
+    return connected_user(app, make_user, client)
 
 
 def wait_for_run(app: Flask, uid: int, run_id: int, tmp_path: Path, timeout: float = 90) -> Any:

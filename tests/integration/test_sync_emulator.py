@@ -19,7 +19,7 @@ from drivesync.models import File, Integration
 from drivesync.scope import user_scope
 from drivesync.services import library, sync
 from drivesync.services.storage import LocalStorage
-from tests.fixtures_emulator import ALEX, CLIENT_ID
+from tests.fixtures_emulator import ALEX, CLIENT_ID, connected_user
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -66,18 +66,7 @@ def user(
     app: Flask, make_user: Callable[..., int], emulator: EmulatorServer, tokens: Tokens
 ) -> int:
     """A user connected to Alex's drive, with the target folder created there."""
-    uid = make_user()
-    client = graph_client(emulator, tokens)
-    try:
-        folder = client.ensure_folder("drivesync")
-    finally:
-        client.session.close()
-        client.plain_session.close()
-    with app.app_context(), user_scope(uid):
-        db.session.add(Integration(user_id=uid, folder_id=folder["id"], drive_type="personal",
-                                   account_email=ALEX))  # fmt: skip
-        db.session.commit()
-    return uid
+    return connected_user(app, make_user, graph_client(emulator, tokens))
 
 
 def remote_by_name(emu: EmulatorAdmin) -> dict[str, dict[str, Any]]:
