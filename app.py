@@ -27,7 +27,7 @@ def main() -> int:
     port = int(os.environ.get("DRIVESYNC_PORT", "5000"))
     emulator = None
     if not os.environ.get("DRIVESYNC_MS_CLIENT_ID"):
-        from drivesync.emulator.server import EmulatorServer
+        from onedrive_emulator.server import EmulatorServer
 
         client_id, secret = "drivesync-local", secrets.token_urlsafe(24)
         callbacks = [

@@ -41,8 +41,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from drivesync.emulator.client import EmulatorAdmin  # noqa: E402
-from drivesync.emulator.server import EmulatorServer  # noqa: E402
+from onedrive_emulator.client import EmulatorAdmin  # noqa: E402
+from onedrive_emulator.server import EmulatorServer  # noqa: E402
 from drivesync.graph.client import GraphClient  # noqa: E402
 from drivesync.graph.upload import FRAGMENT_MULTIPLE, upload_file  # noqa: E402
 
@@ -77,7 +77,7 @@ class Emulator:
         cmd = [
             sys.executable,
             "-m",
-            "drivesync.emulator",
+            "onedrive_emulator",
             "--port",
             "0",
             "--client-id",

@@ -11,8 +11,8 @@ import pytest
 import requests
 from flask.testing import FlaskClient
 
-from drivesync.emulator.client import EmulatorAdmin
-from drivesync.emulator.server import EmulatorServer
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 
 CLIENT_ID = "drivesync-test-client"
 CLIENT_SECRET = "drivesync-test-secret"

@@ -21,8 +21,8 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from drivesync import create_app, tasks
-from drivesync.emulator.client import EmulatorAdmin
-from drivesync.emulator.server import EmulatorServer
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 from drivesync.extensions import db
 from tests.conftest import app_config
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from drivesync.emulator.client import EmulatorAdmin
-from drivesync.emulator.server import EmulatorServer
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 
 CLIENT_ID = "11112222-bbbb-3333-cccc-4444dddd5555"
 CLIENT_SECRET = "s3cr3t-value"

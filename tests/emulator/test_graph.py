@@ -271,7 +271,7 @@ def test_requests_log(env: Env, http: requests.Session) -> None:
 
 
 def test_production_refused(monkeypatch) -> None:
-    from drivesync.emulator import ProductionRefused, create_emulator_app
+    from onedrive_emulator import ProductionRefused, create_emulator_app
 
     monkeypatch.setenv("DRIVESYNC_ENV", "production")
     with pytest.raises(ProductionRefused):

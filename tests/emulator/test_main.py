@@ -1,4 +1,4 @@
-"""``python -m drivesync.emulator`` starts a server that answers, and refuses production."""
+"""``python -m onedrive_emulator`` starts a server that answers, and refuses production."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.emulator
 
 def test_module_entry_point_serves_and_registers_clients() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "drivesync.emulator", "--host", "127.0.0.1", "--port", "0",
+        [sys.executable, "-m", "onedrive_emulator", "--host", "127.0.0.1", "--port", "0",
          "--client-id", "abc", "--client-secret", "xyz", "--redirect-uri", "http://x/cb"],
         stdout=subprocess.PIPE, text=True, env={**os.environ, "DRIVESYNC_ENV": "development"},
     )
@@ -33,7 +33,7 @@ def test_module_entry_point_serves_and_registers_clients() -> None:
 
 def test_module_entry_point_refuses_production() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "drivesync.emulator", "--port", "0"], capture_output=True,
+        [sys.executable, "-m", "onedrive_emulator", "--port", "0"], capture_output=True,
         text=True, env={**os.environ, "DRIVESYNC_ENV": "production"}, timeout=30, check=False,
     )
     assert result.returncode == 2 and "never enabled in production" in result.stderr

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from drivesync.emulator.client import EmulatorAdmin
-from drivesync.emulator.server import EmulatorServer
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 from drivesync.graph import oauth
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import AuthError, GraphError

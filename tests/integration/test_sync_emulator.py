@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from drivesync.emulator.client import EmulatorAdmin
-from drivesync.emulator.server import EmulatorServer
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 from drivesync.extensions import db
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import AuthError

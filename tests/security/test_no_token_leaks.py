@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from drivesync.emulator.server import EmulatorServer
+from onedrive_emulator.server import EmulatorServer
 from tests.fixtures_emulator import ALEX, CLIENT_SECRET, csrf_from
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -80,7 +80,7 @@ def test_full_connect_and_sync_leaks_nothing(
         texts.extend(f"{k}: {v}" for k, v in r.headers.items())
         r.close()
     for record in caplog.records:
-        if record.name.startswith("drivesync.emulator"):
+        if record.name.startswith("onedrive_emulator"):
             continue  # Microsoft's side may log its own credentials; ours may not
         texts.append(record.getMessage())
         if record.exc_info:

@@ -34,7 +34,7 @@ def create_emulator_app(state: EmulatorState | None = None) -> Flask:
         raise ProductionRefused("The OneDrive emulator is never enabled in production.")
     from . import admin, graph, identity, uploads
 
-    app = Flask("drivesync.emulator")
+    app = Flask("onedrive_emulator")
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = None

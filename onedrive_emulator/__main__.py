@@ -1,4 +1,4 @@
-"""Start the emulator: ``python -m drivesync.emulator --host 127.0.0.1 --port 8765``.
+"""Start the emulator: ``python -m onedrive_emulator --host 127.0.0.1 --port 8765``.
 
 Register apps with repeated ``--client-id X --client-secret Y --redirect-uri URI`` groups (one
 secret per client id, in order; several ``--redirect-uri`` apply to the latest client).
@@ -33,7 +33,7 @@ class _ClientAction(argparse.Action):
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m drivesync.emulator",
+    parser = argparse.ArgumentParser(prog="python -m onedrive_emulator",
                                      description="Local Microsoft identity platform + OneDrive.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
