@@ -35,14 +35,22 @@ def _rows(owner_id: int, start: int, stop: int, pending: int, run_id: int) -> li
     rows = []
     for k in range(start, stop):
         status = "syncing" if k < 4 else ("not_synced" if k < pending else "synced")
-        rows.append({
-            "owner_id": owner_id, "original_name": f"document-{k:05d}.pdf",
-            "stored_path": f"{k:032x}", "size": 1000 + k, "mime_type": "application/pdf",
-            "content_hash": "0" * 64, "quick_xor_hash": "A" * 28,
-            "created_at": now - timedelta(seconds=k), "updated_at": now,
-            "onedrive_sync_status": status, "bytes_sent": 0,
-            "sync_run_id": run_id if k < pending else None,
-        })
+        rows.append(
+            {
+                "owner_id": owner_id,
+                "original_name": f"document-{k:05d}.pdf",
+                "stored_path": f"{k:032x}",
+                "size": 1000 + k,
+                "mime_type": "application/pdf",
+                "content_hash": "0" * 64,
+                "quick_xor_hash": "A" * 28,
+                "created_at": now - timedelta(seconds=k),
+                "updated_at": now,
+                "onedrive_sync_status": status,
+                "bytes_sent": 0,
+                "sync_run_id": run_id if k < pending else None,
+            }
+        )
     return rows
 
 
@@ -52,12 +60,27 @@ def _seed(app, email: str, n: int, pending: int) -> int:
         db.session.add(user)
         db.session.commit()
         with user_scope(user.id):
-            db.session.add(Integration(user_id=user.id, provider="onedrive", status="active",
-                                       account_name="Bench", account_email=email,
-                                       drive_type="personal", folder_path="drivesync",
-                                       folder_id="F", quota_used=1, quota_total=10))
-            run = SyncRun(user_id=user.id, status="running", total=pending,
-                          bytes_total=pending * 1000, started_at=datetime.now(UTC))
+            db.session.add(
+                Integration(
+                    user_id=user.id,
+                    provider="onedrive",
+                    status="active",
+                    account_name="Bench",
+                    account_email=email,
+                    drive_type="personal",
+                    folder_path="drivesync",
+                    folder_id="F",
+                    quota_used=1,
+                    quota_total=10,
+                )
+            )
+            run = SyncRun(
+                user_id=user.id,
+                status="running",
+                total=pending,
+                bytes_total=pending * 1000,
+                started_at=datetime.now(UTC),
+            )
             db.session.add(run)
             db.session.flush()
             for start in range(0, n, 2000):
@@ -87,21 +110,34 @@ def main() -> int:
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="drivesync-bench-")
     url = args.database_url or f"sqlite:///{tmp}/bench.sqlite3"
-    app = create_app({"TESTING": True, "SECRET_KEY": "b" * 40, "SQLALCHEMY_DATABASE_URI": url,
-                      "INSTANCE_DIR": tmp, "STORAGE_DIR": tmp, "TASK_BACKEND": "eager",
-                      "WTF_CSRF_ENABLED": False})
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "b" * 40,
+            "SQLALCHEMY_DATABASE_URI": url,
+            "INSTANCE_DIR": tmp,
+            "STORAGE_DIR": tmp,
+            "TASK_BACKEND": "eager",
+            "WTF_CSRF_ENABLED": False,
+        }
+    )
     with app.app_context():
         db.create_all()
         counter = [0]
-        event.listen(db.engine, "before_cursor_execute",
-                     lambda *a, **k: counter.__setitem__(0, counter[0] + 1))
+        event.listen(
+            db.engine,
+            "before_cursor_execute",
+            lambda *a, **k: counter.__setitem__(0, counter[0] + 1),
+        )
     small = _seed(app, "small@bench.example", 10, 10)
     large = _seed(app, "large@bench.example", 10_000, 100)
     client = app.test_client()
     failed = False
     print(f"{'page':28} {'stmts 10':>9} {'stmts 10k':>10} {'ms 10':>8} {'ms 10k':>8} {'ratio':>6}")
-    for label, path in (("settings page", "/settings/onedrive/"),
-                        ("progress partial (htmx)", "/settings/onedrive/progress")):
+    for label, path in (
+        ("settings page", "/settings/onedrive/"),
+        ("progress partial (htmx)", "/settings/onedrive/progress"),
+    ):
         for uid in (small, large):  # warm-up: templates compiled, caches filled
             _measure(app, client, uid, path, counter)
         times = {small: [], large: []}
@@ -115,8 +151,10 @@ def main() -> int:
         ms_small = statistics.median(times[small]) * 1000
         ms_large = statistics.median(times[large]) * 1000
         ratio = ms_large / ms_small
-        print(f"{label:28} {stmts[small]:>9} {stmts[large]:>10} {ms_small:>8.2f} "
-              f"{ms_large:>8.2f} {ratio:>5.2f}x")
+        print(
+            f"{label:28} {stmts[small]:>9} {stmts[large]:>10} {ms_small:>8.2f} "
+            f"{ms_large:>8.2f} {ratio:>5.2f}x"
+        )
         if stmts[large] > stmts[small]:
             print(f"  FAIL: {label} issues more statements for the large library")
             failed = True

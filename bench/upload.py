@@ -41,10 +41,10 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from onedrive_emulator.client import EmulatorAdmin  # noqa: E402
-from onedrive_emulator.server import EmulatorServer  # noqa: E402
 from drivesync.graph.client import GraphClient  # noqa: E402
 from drivesync.graph.upload import FRAGMENT_MULTIPLE, upload_file  # noqa: E402
+from onedrive_emulator.client import EmulatorAdmin  # noqa: E402
+from onedrive_emulator.server import EmulatorServer  # noqa: E402
 
 MIB = 1024 * 1024
 CLIENT_ID = "bench-0000-4000-8000-000000000000"

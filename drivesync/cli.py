@@ -52,9 +52,9 @@ def db_grant(role: str) -> None:
     with db.engine.begin() as conn:
         # The app role may read and write rows (RLS still applies) but own nothing.
         conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
-        conn.execute(text(
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}"
-        ))
+        conn.execute(
+            text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+        )
         conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}"))
         conn.execute(text(f"REVOKE ALL ON TABLE alembic_version FROM {role}"))
     click.echo(f"granted {role} row access on the drivesync schema")
@@ -88,8 +88,10 @@ def sync_run(email: str) -> None:
         run = sync.request_sync(user.id)
         run = sync.run_status(user.id, run.id)
     assert run is not None  # noqa: S101 - just created
-    click.echo(f"run {run.id}: {run.status}, {run.succeeded} synced, {run.failed} failed"
-               + (f" ({run.error})" if run.error else ""))
+    click.echo(
+        f"run {run.id}: {run.status}, {run.succeeded} synced, {run.failed} failed"
+        + (f" ({run.error})" if run.error else "")
+    )
     if run.failed or run.status != "done":
         raise SystemExit(1)
 

@@ -124,9 +124,7 @@ class OAuthToken(db.Model):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     scope: Mapped[str] = mapped_column(String(500), default="")
     key_id: Mapped[str] = mapped_column(String(32))
-    updated_at: Mapped[datetime] = mapped_column(
-        UTCDateTime(), default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
     integration: Mapped[Integration] = relationship(back_populates="token")
 

@@ -165,8 +165,9 @@ def configure(app: Flask) -> None:
     @app.errorhandler(CSRFError)
     def csrf_error(e: CSRFError) -> Any:
         return _error_page(
-            400, "Your form expired", "Reload the page and try again (the security token was "
-            "missing or out of date)."
+            400,
+            "Your form expired",
+            "Reload the page and try again (the security token was missing or out of date).",
         )
 
     @app.errorhandler(ServiceError)

@@ -33,8 +33,10 @@ class _ClientAction(argparse.Action):
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m onedrive_emulator",
-                                     description="Local Microsoft identity platform + OneDrive.")
+    parser = argparse.ArgumentParser(
+        prog="python -m onedrive_emulator",
+        description="Local Microsoft identity platform + OneDrive.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     for flag in ("--client-id", "--client-secret", "--redirect-uri"):
@@ -52,9 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"OneDrive emulator on {server.url} (Graph: {server.url}/v1.0, identity: "
-          f"{server.url}/common/oauth2/v2.0/authorize, admin: {server.url}/_emulator/)",
-          flush=True)
+    print(
+        f"OneDrive emulator on {server.url} (Graph: {server.url}/v1.0, identity: "
+        f"{server.url}/common/oauth2/v2.0/authorize, admin: {server.url}/_emulator/)",
+        flush=True,
+    )
     try:
         assert server._thread is not None  # noqa: S101
         server._thread.join()

@@ -67,10 +67,15 @@ def _bad(message: str, status: int = 400) -> Response:
 
 def account_dict(account: Account) -> dict[str, Any]:
     """Return an account as the admin API shows it."""
-    return {"email": account.email, "display_name": account.display_name,
-            "drive_type": account.drive_type, "quota_total": account.quota_total,
-            "user_id": account.user_id, "drive_id": account.drive_id,
-            "quota_exceeded": account.quota_exceeded}
+    return {
+        "email": account.email,
+        "display_name": account.display_name,
+        "drive_type": account.drive_type,
+        "quota_total": account.quota_total,
+        "user_id": account.user_id,
+        "drive_id": account.drive_id,
+        "quota_exceeded": account.quota_exceeded,
+    }
 
 
 def _account(state: EmulatorState, email: str) -> Account | Response:
@@ -91,20 +96,35 @@ def register_client() -> Response:
     if not body.get("client_id") or not isinstance(body.get("redirect_uris", []), list):
         return _bad("client_id and redirect_uris (a list) are required")
     client = get_state().register_client(
-        str(body["client_id"]), body.get("client_secret"), body.get("redirect_uris", []),
+        str(body["client_id"]),
+        body.get("client_secret"),
+        body.get("redirect_uris", []),
         body.get("app_name"),
     )
-    return jsonify({"client_id": client.client_id, "redirect_uris": client.redirect_uris,
-                    "app_name": client.app_name})
+    return jsonify(
+        {
+            "client_id": client.client_id,
+            "redirect_uris": client.redirect_uris,
+            "app_name": client.app_name,
+        }
+    )
 
 
 @bp.get("/clients")
 def list_clients() -> Response:
     """List registered apps without their secrets."""
     state = get_state()
-    return jsonify([{"client_id": c.client_id, "redirect_uris": c.redirect_uris,
-                     "app_name": c.app_name, "public": c.client_secret is None}
-                    for c in state.clients.values()])
+    return jsonify(
+        [
+            {
+                "client_id": c.client_id,
+                "redirect_uris": c.redirect_uris,
+                "app_name": c.app_name,
+                "public": c.client_secret is None,
+            }
+            for c in state.clients.values()
+        ]
+    )
 
 
 @bp.post("/accounts")
@@ -115,8 +135,10 @@ def add_account() -> Response:
         return _bad("email is required")
     try:
         account = get_state().add_account(
-            str(body["email"]), str(body.get("display_name") or body["email"]),
-            str(body.get("drive_type", "personal")), int(body.get("quota_total", DEFAULT_QUOTA)),
+            str(body["email"]),
+            str(body.get("display_name") or body["email"]),
+            str(body.get("drive_type", "personal")),
+            int(body.get("quota_total", DEFAULT_QUOTA)),
         )
     except ValueError as exc:
         return _bad(str(exc))
@@ -256,8 +278,18 @@ def modify_item(email: str, path: str) -> Response:
         parent = ensure_folders(state, drive, root, names[:-1])
         try:
             where = resolve(state, drive, parent, names[-1:])
-            item, _ = commit_file(state, account, drive, parent, names[-1], "replace", tmp,
-                                  size, hasher.b64digest(), target=where.item)
+            item, _ = commit_file(
+                state,
+                account,
+                drive,
+                parent,
+                names[-1],
+                "replace",
+                tmp,
+                size,
+                hasher.b64digest(),
+                target=where.item,
+            )
         except GraphProblem as p:
             return _bad(p.message, p.status)
         return jsonify(_listing(state, account, item.id)[0])
@@ -280,11 +312,18 @@ def _listing(state: EmulatorState, account: Account, only: str | None = None) ->
         for item in drive.items.values():
             if item.deleted or item.parent_id is None or (only and item.id != only):
                 continue
-            out.append({
-                "path": state.item_path(drive, item), "id": item.id, "name": item.name,
-                "size": item.size, "quickXorHash": item.quick_xor, "eTag": etag(item),
-                "cTag": ctag(item), "folder": item.is_folder,
-            })
+            out.append(
+                {
+                    "path": state.item_path(drive, item),
+                    "id": item.id,
+                    "name": item.name,
+                    "size": item.size,
+                    "quickXorHash": item.quick_xor,
+                    "eTag": etag(item),
+                    "cTag": ctag(item),
+                    "folder": item.is_folder,
+                }
+            )
     return sorted(out, key=lambda d: d["path"].casefold())
 
 

@@ -15,8 +15,11 @@ _FAULT_BODIES = {
     429: ("activityLimitReached", "The request has been throttled.", "throttledRequest"),
     500: ("generalException", "An unspecified error has occurred.", None),
     502: ("generalException", "Bad gateway.", None),
-    503: ("serviceNotAvailable", "The service is not available. Try the request again after a "
-          "delay.", None),
+    503: (
+        "serviceNotAvailable",
+        "The service is not available. Try the request again after a delay.",
+        None,
+    ),
     504: ("generalException", "Gateway timeout.", None),
 }
 
@@ -72,12 +75,14 @@ def _finish(response: Response) -> Response:
         response.headers.setdefault("request-id", rid)
         response.headers.setdefault("client-request-id", crid)
     if not path.startswith("/_emulator/"):
-        _state().log_request({
-            "method": request.method,
-            "path": path,
-            "query": request.query_string.decode("latin-1"),
-            "status": 0 if g.get("dropped") else response.status_code,
-            "had_authorization_header": "Authorization" in request.headers,
-            "dropped": bool(g.get("dropped")),
-        })
+        _state().log_request(
+            {
+                "method": request.method,
+                "path": path,
+                "query": request.query_string.decode("latin-1"),
+                "status": 0 if g.get("dropped") else response.status_code,
+                "had_authorization_header": "Authorization" in request.headers,
+                "dropped": bool(g.get("dropped")),
+            }
+        )
     return response

@@ -18,8 +18,9 @@ class EmulatorAdmin:
         self._http = requests.Session()
 
     def _call(self, method: str, path: str, json: Any = None, data: bytes | None = None) -> Any:
-        resp = self._http.request(method, f"{self.base_url}/_emulator{path}", json=json,
-                                  data=data, timeout=self.timeout)
+        resp = self._http.request(
+            method, f"{self.base_url}/_emulator{path}", json=json, data=data, timeout=self.timeout
+        )
         resp.raise_for_status()
         return resp.json()
 
@@ -35,10 +36,16 @@ class EmulatorAdmin:
         app_name: str | None = None,
     ) -> dict[str, Any]:
         """Register an app (``client_secret=None`` registers a public client)."""
-        return self._call("POST", "/clients", {"client_id": client_id,
-                                               "client_secret": client_secret,
-                                               "redirect_uris": redirect_uris,
-                                               "app_name": app_name})
+        return self._call(
+            "POST",
+            "/clients",
+            {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "redirect_uris": redirect_uris,
+                "app_name": app_name,
+            },
+        )
 
     def add_account(
         self,
@@ -48,28 +55,38 @@ class EmulatorAdmin:
         quota_total: int = 5 * 1024**3,
     ) -> dict[str, Any]:
         """Create an account with an empty drive."""
-        return self._call("POST", "/accounts", {"email": email, "display_name": display_name,
-                                                "drive_type": drive_type,
-                                                "quota_total": quota_total})
+        return self._call(
+            "POST",
+            "/accounts",
+            {
+                "email": email,
+                "display_name": display_name,
+                "drive_type": drive_type,
+                "quota_total": quota_total,
+            },
+        )
 
     def mint_token(
         self, email: str, client_id: str, scopes: str = "offline_access User.Read Files.ReadWrite"
     ) -> dict[str, Any]:
         """Return an identity-platform token response for the account, without a browser."""
-        return self._call("POST", "/token", {"email": email, "client_id": client_id,
-                                             "scopes": scopes})
+        return self._call(
+            "POST", "/token", {"email": email, "client_id": client_id, "scopes": scopes}
+        )
 
     def throttle(
         self, every: int | None = None, count: int | None = None, retry_after: int = 1
     ) -> None:
         """Answer 429 + Retry-After every Nth Graph request and/or for the next ``count``."""
-        self._call("POST", "/faults/throttle", {"every": every, "count": count,
-                                                "retry_after": retry_after})
+        self._call(
+            "POST", "/faults/throttle", {"every": every, "count": count, "retry_after": retry_after}
+        )
 
     def fail(self, status: int, count: int, retry_after: int = 1) -> None:
         """Answer the next ``count`` Graph requests with ``status`` (500/502/503/504)."""
-        self._call("POST", "/faults/fail", {"status": status, "count": count,
-                                            "retry_after": retry_after})
+        self._call(
+            "POST", "/faults/fail", {"status": status, "count": count, "retry_after": retry_after}
+        )
 
     def expire_access_tokens(self, after_seconds: float) -> None:
         """Make access tokens (issued and future) expire after ``after_seconds``."""
@@ -97,8 +114,9 @@ class EmulatorAdmin:
 
     def modify_item(self, email: str, path: str, content: bytes) -> dict[str, Any]:
         """Change (or create) a file on the server side; returns its listing entry."""
-        return self._call("PUT", f"/accounts/{quote(email)}/items/{quote(path.lstrip('/'))}",
-                          data=content)
+        return self._call(
+            "PUT", f"/accounts/{quote(email)}/items/{quote(path.lstrip('/'))}", data=content
+        )
 
     def list_items(self, email: str) -> list[dict[str, Any]]:
         """List the account's items: path, id, size, quickXorHash, eTag, cTag, folder."""

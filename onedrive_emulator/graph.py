@@ -79,23 +79,35 @@ class Target:
 def _authenticate(state: EmulatorState) -> AccessToken | Response:
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
-    challenge = {"WWW-Authenticate": 'Bearer realm="", authorization_uri='
-                 f'"{request.url_root}common/oauth2/authorize", client_id="00000003-0000-0000-'
-                 'c000-000000000000"'}
+    challenge = {
+        "WWW-Authenticate": 'Bearer realm="", authorization_uri='
+        f'"{request.url_root}common/oauth2/authorize", client_id="00000003-0000-0000-'
+        'c000-000000000000"'
+    }
     if scheme.lower() != "bearer" or not value:
-        return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.",
-                           headers=challenge)
+        return graph_error(
+            401, "InvalidAuthenticationToken", "Access token is empty.", headers=challenge
+        )
     with state.lock:
         token = state.access_tokens.get(value.strip())
     if token is None:
-        return graph_error(401, "InvalidAuthenticationToken",
-                           "IDX14100: JWT is not well formed.", headers=challenge)
+        return graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            "IDX14100: JWT is not well formed.",
+            headers=challenge,
+        )
     if token.revoked:
-        return graph_error(401, "InvalidAuthenticationToken",
-                           "Access token has been revoked.", headers=challenge)
+        return graph_error(
+            401, "InvalidAuthenticationToken", "Access token has been revoked.", headers=challenge
+        )
     if token.expires_at <= utcnow():
-        return graph_error(401, "InvalidAuthenticationToken",
-                           "Lifetime validation failed, the token is expired.", headers=challenge)
+        return graph_error(
+            401,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+            headers=challenge,
+        )
     return token
 
 
@@ -126,8 +138,9 @@ def _dispatch(state: EmulatorState, token: AccessToken, account: Account, rest: 
         return graph_json({"value": [drive_json(state, account, request.url_root)]})
     match = _DRIVE.match(rest)
     if not match:
-        raise GraphProblem(400, "invalidRequest", f"Resource not found for the segment "
-                           f"'{rest.split('/')[0]}'.")
+        raise GraphProblem(
+            400, "invalidRequest", f"Resource not found for the segment '{rest.split('/')[0]}'."
+        )
     drive_id, remainder = match.groups()
     own = state.drive_of(account)
     if drive_id is not None and drive_id.casefold() != own.id.casefold():
@@ -262,11 +275,13 @@ def _page_params() -> tuple[int, int]:
         top = int(request.args.get("$top", DEFAULT_PAGE))
         skip = int(request.args.get("$skiptoken", "0") or 0)
     except ValueError:
-        raise GraphProblem(400, "invalidRequest", "Invalid $top or $skiptoken.",
-                           "invalidQueryOption") from None
+        raise GraphProblem(
+            400, "invalidRequest", "Invalid $top or $skiptoken.", "invalidQueryOption"
+        ) from None
     if not 1 <= top <= MAX_PAGE or skip < 0:
-        raise GraphProblem(400, "invalidRequest", "$top must be between 1 and 999.",
-                           "invalidQueryOption")
+        raise GraphProblem(
+            400, "invalidRequest", "$top must be between 1 and 999.", "invalidQueryOption"
+        )
     return top, skip
 
 
@@ -280,9 +295,7 @@ def _list_children(state: EmulatorState, drive: Drive, folder: Item) -> Response
         "value": [item_json(state, drive, k, request.url_root) for k in page],
     }
     if skip + top < len(kids):
-        body["@odata.nextLink"] = (
-            f"{request.base_url}?$top={top}&$skiptoken={skip + top}"
-        )
+        body["@odata.nextLink"] = f"{request.base_url}?$top={top}&$skiptoken={skip + top}"
     return graph_json(body)
 
 
@@ -303,8 +316,9 @@ def _create_folder(state: EmulatorState, drive: Drive, parent: Item) -> Response
     if not isinstance(name, str):
         raise GraphProblem(400, "invalidRequest", "The 'name' property is required.")
     if "folder" not in body:
-        raise GraphProblem(400, "invalidRequest",
-                           "Only folders can be created this way: include a 'folder' facet.")
+        raise GraphProblem(
+            400, "invalidRequest", "Only folders can be created this way: include a 'folder' facet."
+        )
     check_new_path(state, drive, parent, [name])
     behavior = conflict_behavior(body.get("@microsoft.graph.conflictBehavior"), "fail")
     existing = state.child_named(drive, parent.id, name)
@@ -321,9 +335,7 @@ def _create_folder(state: EmulatorState, drive: Drive, parent: Item) -> Response
     return graph_json(item_json(state, drive, folder, request.url_root), 201)
 
 
-def _upload_target(
-    state: EmulatorState, where: Resolved
-) -> tuple[Item, str, Item | None]:
+def _upload_target(state: EmulatorState, where: Resolved) -> tuple[Item, str, Item | None]:
     """Return (parent, name, existing target or None), creating missing parent folders."""
     if where.item is not None:
         if where.item.is_folder and where.item.parent_id is None:
@@ -337,8 +349,12 @@ def _upload_target(
 def _simple_upload(state: EmulatorState, account: Account, where: Resolved) -> Response:
     length = request.content_length
     if length is not None and length > SIMPLE_UPLOAD_LIMIT:
-        raise GraphProblem(413, "invalidRequest", "Simple upload supports files up to 250 MB; "
-                           "use an upload session.", "maxFileSizeExceeded")
+        raise GraphProblem(
+            413,
+            "invalidRequest",
+            "Simple upload supports files up to 250 MB; use an upload session.",
+            "maxFileSizeExceeded",
+        )
     behavior = conflict_behavior(request.args.get("@microsoft.graph.conflictBehavior"), "replace")
     if where.item is not None and where.item.is_folder:
         raise GraphProblem(400, "invalidRequest", "Cannot upload content to a folder.")
@@ -357,8 +373,12 @@ def _simple_upload(state: EmulatorState, account: Account, where: Resolved) -> R
     except (Incomplete, OverflowError) as exc:
         _remove(tmp)
         if isinstance(exc, OverflowError):
-            raise GraphProblem(413, "invalidRequest", "Simple upload supports files up to "
-                               "250 MB.", "maxFileSizeExceeded") from None
+            raise GraphProblem(
+                413,
+                "invalidRequest",
+                "Simple upload supports files up to 250 MB.",
+                "maxFileSizeExceeded",
+            ) from None
         raise GraphProblem(400, "invalidRequest", "The request body was incomplete.") from None
     finally:
         state.lock.acquire()
@@ -367,13 +387,24 @@ def _simple_upload(state: EmulatorState, account: Account, where: Resolved) -> R
         where = resolve(state, where.drive, where.parent, names)
         parent, name, target = _upload_target(state, where)
         target_by_id = target if behavior == "replace" else None
-        item, created = commit_file(state, account, where.drive, parent, name, behavior, tmp,
-                                    size, hasher.b64digest(), target=target_by_id)
+        item, created = commit_file(
+            state,
+            account,
+            where.drive,
+            parent,
+            name,
+            behavior,
+            tmp,
+            size,
+            hasher.b64digest(),
+            target=target_by_id,
+        )
     except GraphProblem:
         _remove(tmp)
         raise
-    return graph_json(item_json(state, where.drive, item, request.url_root),
-                      201 if created else 200)
+    return graph_json(
+        item_json(state, where.drive, item, request.url_root), 201 if created else 200
+    )
 
 
 def _remove(path: str) -> None:
@@ -398,12 +429,16 @@ def _create_session(
         check_quota(account, state.used_bytes(where.drive), file_size)
     check_if_match(where.item, request.headers.get("If-Match"))
     if where.item is not None and where.item.is_folder:
-        raise GraphProblem(400, "invalidRequest",
-                           "Address the parent folder with ':/{filename}:' to upload into it.")
+        raise GraphProblem(
+            400,
+            "invalidRequest",
+            "Address the parent folder with ':/{filename}:' to upload into it.",
+        )
     parent, name, existing = _upload_target(state, where)
     if props.get("name") not in (None, name):
-        raise GraphProblem(400, "invalidRequest",
-                           "The item name in the body must match the name in the path.")
+        raise GraphProblem(
+            400, "invalidRequest", "The item name in the body must match the name in the path."
+        )
     target = existing if existing is not None and not addressed_by_path else None
     if existing is not None and addressed_by_path and behavior == "fail":
         raise GraphProblem(409, "nameAlreadyExists", "The specified item name already exists.")
@@ -464,11 +499,13 @@ def _delta(state: EmulatorState, drive: Drive, folder: Item, fn_token: str | Non
         try:
             since = int(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
         except ValueError:
-            raise GraphProblem(410, "resyncRequired", "The delta token is no longer valid.",
-                               "resyncRequired") from None
+            raise GraphProblem(
+                410, "resyncRequired", "The delta token is no longer valid.", "resyncRequired"
+            ) from None
     top, skip = _page_params()
     changed = [
-        i for i in drive.items.values()
+        i
+        for i in drive.items.values()
         if i.seq > since and _descends(drive, i, folder) and not (i.deleted and since == 0)
     ]
     changed.sort(key=lambda i: i.seq)
@@ -476,8 +513,9 @@ def _delta(state: EmulatorState, drive: Drive, folder: Item, fn_token: str | Non
     base = f"{request.url_root}v1.0{request.path[len('/v1.0') :]}"
     body: dict[str, Any] = {
         "value": [
-            deleted_json(drive, i) if i.deleted else
-            item_json(state, drive, i, request.url_root, download=False)
+            deleted_json(drive, i)
+            if i.deleted
+            else item_json(state, drive, i, request.url_root, download=False)
             for i in page
         ]
     }

@@ -87,13 +87,16 @@ def authorize(tenant: str) -> Response:
     client = state.clients.get(client_id)
     if client is None:
         return _error_page(
-            400, 700016, f"Application with identifier '{client_id}' was not found in the "
-            "directory.",
+            400,
+            700016,
+            f"Application with identifier '{client_id}' was not found in the directory.",
         )
     redirect_uri = args.get("redirect_uri", "")
     if redirect_uri not in client.redirect_uris:
         return _error_page(
-            400, 50011, f"The redirect URI '{redirect_uri}' specified in the request does not "
+            400,
+            50011,
+            f"The redirect URI '{redirect_uri}' specified in the request does not "
             f"match the redirect URIs configured for the application '{client_id}'.",
         )
     response_mode = args.get("response_mode", "query")
@@ -111,30 +114,39 @@ def authorize(tenant: str) -> Response:
     )
     problem = _authorize_problem(pending, args.get("response_type", ""))
     if problem:
-        return _answer(pending, {"error": problem[0], "error_description": problem[1],
-                                 "state": pending.state})
+        return _answer(
+            pending, {"error": problem[0], "error_description": problem[1], "state": pending.state}
+        )
     if pending.code_challenge and not pending.code_challenge_method:
         pending.code_challenge_method = "plain"  # RFC 7636 §4.3 default
     with state.lock:
         state.pending[pending.id] = pending
-    return Response(_consent_page(state, pending, client.app_name),
-                    content_type="text/html; charset=utf-8")
+    return Response(
+        _consent_page(state, pending, client.app_name), content_type="text/html; charset=utf-8"
+    )
 
 
 def _authorize_problem(pending: PendingAuthorize, response_type: str) -> tuple[str, str] | None:
     if response_type != "code":
-        return ("unsupported_response_type",
-                "AADSTS700054: response_type must be 'code' in this emulator.")
+        return (
+            "unsupported_response_type",
+            "AADSTS700054: response_type must be 'code' in this emulator.",
+        )
     if not pending.scopes:
-        return ("invalid_request",
-                "AADSTS900144: The request body must contain the following parameter: 'scope'.")
+        return (
+            "invalid_request",
+            "AADSTS900144: The request body must contain the following parameter: 'scope'.",
+        )
     method = pending.code_challenge_method
     if method and method not in ("S256", "plain"):
         return ("invalid_request", "AADSTS501491: Invalid code_challenge_method.")
-    if pending.code_challenge and not re.fullmatch(r"[A-Za-z0-9\-._~]{43,128}",
-                                                   pending.code_challenge):
-        return ("invalid_request", "AADSTS50147: The size of the code challenge parameter "
-                                   "isn't valid.")
+    if pending.code_challenge and not re.fullmatch(
+        r"[A-Za-z0-9\-._~]{43,128}", pending.code_challenge
+    ):
+        return (
+            "invalid_request",
+            "AADSTS50147: The size of the code challenge parameter isn't valid.",
+        )
     return None
 
 
@@ -180,11 +192,14 @@ def consent(tenant: str) -> Response:
     if pending is None:
         return _error_page(400, 90014, "The sign-in request expired or was already used.")
     if request.form.get("action") != "accept":
-        return _answer(pending, {
-            "error": "access_denied",
-            "error_description": "AADSTS65004: User declined to consent to access the app.",
-            "state": pending.state,
-        })
+        return _answer(
+            pending,
+            {
+                "error": "access_denied",
+                "error_description": "AADSTS65004: User declined to consent to access the app.",
+                "state": pending.state,
+            },
+        )
     email = (request.form.get("email") or request.form.get("account") or "").strip()
     if not email or "@" not in email:
         return _error_page(400, 50034, "Choose an account or type an e-mail address.")
@@ -213,9 +228,15 @@ def _client_credentials() -> tuple[str | None, str | None, Response | None]:
     auth = request.authorization
     if auth is not None and auth.type == "basic":
         if client_id and auth.username != client_id:
-            return None, None, identity_error(
-                400, "invalid_request", 900144,
-                "client_id in the body and in the Authorization header differ.",
+            return (
+                None,
+                None,
+                identity_error(
+                    400,
+                    "invalid_request",
+                    900144,
+                    "client_id in the body and in the Authorization header differ.",
+                ),
             )
         client_id, secret = auth.username, auth.password
     return client_id, secret, None
@@ -226,42 +247,66 @@ def token(tenant: str) -> Response:
     """Redeem an authorization code or a refresh token."""
     state = get_state()
     if request.mimetype != "application/x-www-form-urlencoded":
-        return identity_error(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: "
-                              "'grant_type'.")
+        return identity_error(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        )
     client_id, secret, err = _client_credentials()
     if err:
         return err
     if not client_id:
-        return identity_error(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: "
-                              "'client_id'.")
+        return identity_error(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'client_id'.",
+        )
     client = state.clients.get(client_id)
     if client is None:
-        return identity_error(400, "unauthorized_client", 700016,
-                              f"Application with identifier '{client_id}' was not found in the "
-                              "directory.")
+        return identity_error(
+            400,
+            "unauthorized_client",
+            700016,
+            f"Application with identifier '{client_id}' was not found in the directory.",
+        )
     if client.client_secret is not None:
         if not secret:
-            return identity_error(401, "invalid_client", 7000218,
-                                  "The request body must contain the following parameter: "
-                                  "'client_assertion' or 'client_secret'.")
+            return identity_error(
+                401,
+                "invalid_client",
+                7000218,
+                "The request body must contain the following parameter: "
+                "'client_assertion' or 'client_secret'.",
+            )
         if not secrets.compare_digest(secret, client.client_secret):
-            return identity_error(401, "invalid_client", 7000215,
-                                  "Invalid client secret provided. Ensure the secret being sent "
-                                  "in the request is the client secret value, not the client "
-                                  f"secret ID, for a secret added to app '{client_id}'.")
+            return identity_error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent "
+                "in the request is the client secret value, not the client "
+                f"secret ID, for a secret added to app '{client_id}'.",
+            )
     grant = request.form.get("grant_type")
     if grant == "authorization_code":
         return _redeem_code(state, client_id)
     if grant == "refresh_token":
         return _redeem_refresh(state, client_id)
     if not grant:
-        return identity_error(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: "
-                              "'grant_type'.")
-    return identity_error(400, "unsupported_grant_type", 70003,
-                          f"The app requested an unsupported grant type '{grant}'.")
+        return identity_error(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'grant_type'.",
+        )
+    return identity_error(
+        400,
+        "unsupported_grant_type",
+        70003,
+        f"The app requested an unsupported grant type '{grant}'.",
+    )
 
 
 def _pkce_ok(code: AuthCode, verifier: str | None) -> bool:
@@ -280,30 +325,50 @@ def _redeem_code(state: EmulatorState, client_id: str) -> Response:
     form = request.form
     value = form.get("code")
     if not value:
-        return identity_error(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: 'code'.")
+        return identity_error(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'code'.",
+        )
     with state.lock:
         code = state.codes.get(value)
         if code is None or code.client_id != client_id:
-            return identity_error(400, "invalid_grant", 9002313,
-                                  "Invalid request. Request is malformed or invalid.")
+            return identity_error(
+                400, "invalid_grant", 9002313, "Invalid request. Request is malformed or invalid."
+            )
         if code.redeemed:
-            return identity_error(400, "invalid_grant", 54005,
-                                  "OAuth2 Authorization code was already redeemed, please retry "
-                                  "with a new valid code or use an existing refresh token.")
+            return identity_error(
+                400,
+                "invalid_grant",
+                54005,
+                "OAuth2 Authorization code was already redeemed, please retry "
+                "with a new valid code or use an existing refresh token.",
+            )
         if code.expires_at <= utcnow():
-            return identity_error(400, "invalid_grant", 70008,
-                                  "The provided authorization code or refresh token has expired "
-                                  "due to inactivity.")
+            return identity_error(
+                400,
+                "invalid_grant",
+                70008,
+                "The provided authorization code or refresh token has expired due to inactivity.",
+            )
         redirect_uri = form.get("redirect_uri")
         if redirect_uri != code.redirect_uri:
-            return identity_error(400, "invalid_grant", 500112,
-                                  f"The reply address '{redirect_uri}' does not match the reply "
-                                  "address provided when requesting Authorization code.")
+            return identity_error(
+                400,
+                "invalid_grant",
+                500112,
+                f"The reply address '{redirect_uri}' does not match the reply "
+                "address provided when requesting Authorization code.",
+            )
         if not _pkce_ok(code, form.get("code_verifier")):
-            return identity_error(400, "invalid_grant", 501481,
-                                  "The Code_Verifier does not match the code_challenge supplied "
-                                  "in the authorization request.")
+            return identity_error(
+                400,
+                "invalid_grant",
+                501481,
+                "The Code_Verifier does not match the code_challenge supplied "
+                "in the authorization request.",
+            )
         code.redeemed = True
     return token_response(state, code.email, client_id, code.scopes, code.nonce)
 
@@ -311,20 +376,30 @@ def _redeem_code(state: EmulatorState, client_id: str) -> Response:
 def _redeem_refresh(state: EmulatorState, client_id: str) -> Response:
     value = request.form.get("refresh_token")
     if not value:
-        return identity_error(400, "invalid_request", 900144,
-                              "The request body must contain the following parameter: "
-                              "'refresh_token'.")
+        return identity_error(
+            400,
+            "invalid_request",
+            900144,
+            "The request body must contain the following parameter: 'refresh_token'.",
+        )
     with state.lock:
         refresh = state.refresh_tokens.get(value)
         if refresh is None or refresh.client_id != client_id or not refresh.valid:
-            return identity_error(400, "invalid_grant", 70000,
-                                  "The provided value for the input parameter 'refresh_token' "
-                                  "is not valid.")
+            return identity_error(
+                400,
+                "invalid_grant",
+                70000,
+                "The provided value for the input parameter 'refresh_token' is not valid.",
+            )
         if refresh.revoked:
-            return identity_error(400, "invalid_grant", 65001,
-                                  "The user or administrator has not consented to use the "
-                                  f"application with ID '{client_id}'. Send an interactive "
-                                  "authorization request for this user and resource.")
+            return identity_error(
+                400,
+                "invalid_grant",
+                65001,
+                "The user or administrator has not consented to use the "
+                f"application with ID '{client_id}'. Send an interactive "
+                "authorization request for this user and resource.",
+            )
         refresh.valid = False  # rotation: see the module docstring
     return token_response(state, refresh.email, client_id, refresh.scopes, None)
 
@@ -369,8 +444,11 @@ def _id_token(state: EmulatorState, email: str, client_id: str, nonce: str | Non
     account = state.account(email)
     assert account is not None  # noqa: S101 - tokens are only issued for known accounts
     now = int(utcnow().timestamp())
-    tid = "9188040d-6c67-4c5b-b112-36a304b66dad" if account.drive_type == "personal" else (
-        "00000000-0000-0000-0000-00000000b10b")
+    tid = (
+        "9188040d-6c67-4c5b-b112-36a304b66dad"
+        if account.drive_type == "personal"
+        else ("00000000-0000-0000-0000-00000000b10b")
+    )
     claims: dict[str, object] = {
         "ver": "2.0",
         "iss": f"{request.url_root}{tid}/v2.0",

@@ -44,8 +44,9 @@ def not_found(message: str = "The resource could not be found.") -> GraphProblem
 
 # ---- JSON -------------------------------------------------------------------------------------
 def _identity(account: Account) -> dict[str, Any]:
-    return {"user": {"displayName": account.display_name, "id": account.user_id,
-                     "email": account.email}}
+    return {
+        "user": {"displayName": account.display_name, "id": account.user_id, "email": account.email}
+    }
 
 
 def etag(item: Item) -> str:
@@ -111,8 +112,13 @@ def deleted_json(drive: Drive, item: Item) -> dict[str, Any]:
     ref: dict[str, Any] = {"driveId": drive.id, "driveType": drive.drive_type}
     if item.parent_id:
         ref["id"] = item.parent_id
-    return {"id": item.id, "name": item.name, "deleted": {"state": "deleted"},
-            "parentReference": ref, "fileSystemInfo": {"lastModifiedDateTime": iso(item.modified)}}
+    return {
+        "id": item.id,
+        "name": item.name,
+        "deleted": {"state": "deleted"},
+        "parentReference": ref,
+        "fileSystemInfo": {"lastModifiedDateTime": iso(item.modified)},
+    }
 
 
 def _folder_size(state: EmulatorState, drive: Drive, folder: Item) -> int:
@@ -133,8 +139,15 @@ def drive_json(state: EmulatorState, account: Account, base_url: str) -> dict[st
     total = account.quota_total
     remaining = max(0, total - used)
     ratio = used / total if total else 1.0
-    quota_state = ("exceeded" if account.quota_exceeded or ratio >= 1 else
-                   "critical" if ratio >= 0.99 else "nearing" if ratio >= 0.9 else "normal")
+    quota_state = (
+        "exceeded"
+        if account.quota_exceeded or ratio >= 1
+        else "critical"
+        if ratio >= 0.99
+        else "nearing"
+        if ratio >= 0.9
+        else "normal"
+    )
     root = drive.items[drive.root_id]
     return {
         "id": drive.id,
@@ -144,8 +157,13 @@ def drive_json(state: EmulatorState, account: Account, base_url: str) -> dict[st
         "lastModifiedDateTime": iso(root.modified),
         "webUrl": f"{base_url}_web/{drive.id}",
         "owner": _identity(account),
-        "quota": {"deleted": 0, "remaining": remaining, "state": quota_state,
-                  "total": total, "used": used},
+        "quota": {
+            "deleted": 0,
+            "remaining": remaining,
+            "state": quota_state,
+            "total": total,
+            "used": used,
+        },
     }
 
 
@@ -175,8 +193,9 @@ def _sign(state: EmulatorState, payload: bytes) -> str:
 
 def download_url(state: EmulatorState, drive: Drive, item: Item, base_url: str) -> str:
     """Return a pre-authenticated, short-lived URL serving the item's bytes."""
-    payload = json.dumps({"d": drive.id, "i": item.id,
-                          "e": int(time.time()) + DOWNLOAD_URL_LIFETIME}).encode()
+    payload = json.dumps(
+        {"d": drive.id, "i": item.id, "e": int(time.time()) + DOWNLOAD_URL_LIFETIME}
+    ).encode()
     token = base64.urlsafe_b64encode(payload).decode().rstrip("=")
     return f"{base_url}_download/{token}.{_sign(state, payload)}"
 
@@ -247,8 +266,7 @@ def ensure_folders(state: EmulatorState, drive: Drive, parent: Item, names: list
     for name in names:
         existing = state.child_named(drive, cur.id, name)
         if existing is not None and not existing.is_folder:
-            raise GraphProblem(409, "nameAlreadyExists",
-                               f"'{name}' exists and is not a folder.")
+            raise GraphProblem(409, "nameAlreadyExists", f"'{name}' exists and is not a folder.")
         cur = existing or state.new_item(drive, name, cur.id, is_folder=True)
     return cur
 
@@ -269,8 +287,9 @@ def conflict_behavior(value: Any, default: str) -> str:
     if value is None or value == "":
         return default
     if value not in CONFLICT_BEHAVIORS:
-        raise GraphProblem(400, "invalidRequest",
-                           f"Invalid value '{value}' for @microsoft.graph.conflictBehavior.")
+        raise GraphProblem(
+            400, "invalidRequest", f"Invalid value '{value}' for @microsoft.graph.conflictBehavior."
+        )
     return str(value)
 
 
@@ -279,18 +298,24 @@ def check_if_match(item: Item | None, header: str | None) -> None:
     if not header or header.strip() == "*":
         return
     if item is None or header.strip() not in (etag(item), ctag(item)):
-        raise GraphProblem(412, "resourceModified",
-                           "The resource has changed since the caller last read it.",
-                           "entityTagDoesNotMatch")
+        raise GraphProblem(
+            412,
+            "resourceModified",
+            "The resource has changed since the caller last read it.",
+            "entityTagDoesNotMatch",
+        )
 
 
 # ---- committing content -----------------------------------------------------------------------
 def check_quota(account: Account, drive_used: int, growth: int) -> None:
     """Raise 507 when the upload does not fit (or the quota fault is on)."""
     if account.quota_exceeded or drive_used + growth > account.quota_total:
-        raise GraphProblem(507, "quotaLimitReached",
-                           "Insufficient Space Available: the user has reached their quota.",
-                           "insufficientStorage")
+        raise GraphProblem(
+            507,
+            "quotaLimitReached",
+            "Insufficient Space Available: the user has reached their quota.",
+            "insufficientStorage",
+        )
 
 
 def commit_file(
@@ -323,8 +348,9 @@ def commit_file(
             final = name
             if existing is not None:
                 if conflict == "fail":
-                    raise GraphProblem(409, "nameAlreadyExists",
-                                       "The specified item name already exists.")
+                    raise GraphProblem(
+                        409, "nameAlreadyExists", "The specified item name already exists."
+                    )
                 if conflict == "rename":
                     existing, final = None, unique_name(state, drive, parent, name)
         old_size = existing.size if existing is not None and not existing.is_folder else 0
@@ -335,8 +361,14 @@ def commit_file(
         if existing is not None and existing.is_folder:
             state.delete_item(drive, existing)
         if created:
-            item = state.new_item(drive, final, parent.id, is_folder=False,
-                                  fs_created=fs_times[0], fs_modified=fs_times[1])
+            item = state.new_item(
+                drive,
+                final,
+                parent.id,
+                is_folder=False,
+                fs_created=fs_times[0],
+                fs_modified=fs_times[1],
+            )
             item.mime_type = mimetypes.guess_type(final)[0] or "application/octet-stream"
         else:
             assert existing is not None  # noqa: S101 - narrowed above
@@ -346,4 +378,3 @@ def commit_file(
         if created:
             item.version = item.content_version = 1
         return item, created
-

@@ -53,11 +53,13 @@ class EmulatorServer:
         """Bind the socket and serve in a daemon thread."""
         app = create_emulator_app(self.state)
         handler = _QuietHandler if self._quiet else WSGIRequestHandler
-        self._server = make_server(self.host, self.port, app, threaded=True,
-                                   request_handler=handler)
+        self._server = make_server(
+            self.host, self.port, app, threaded=True, request_handler=handler
+        )
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name="onedrive-emulator", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="onedrive-emulator", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -416,7 +416,10 @@ class EmulatorState:
         with self.lock:
             lifetime = self.token_lifetime
             access = AccessToken(
-                "EwB" + new_secret(48), email.casefold(), client_id, scopes,
+                "EwB" + new_secret(48),
+                email.casefold(),
+                client_id,
+                scopes,
                 utcnow() + timedelta(seconds=lifetime),
             )
             self.access_tokens[access.token] = access

@@ -59,8 +59,10 @@ def next_expected_ranges(session: UploadSession, drive_type: str) -> list[str]:
 def session_status(state: EmulatorState, session: UploadSession) -> dict[str, Any]:
     """Return the uploadSession status body."""
     drive = state.drives[session.drive_id.casefold()]
-    return {"expirationDateTime": iso(session.expires_at),
-            "nextExpectedRanges": next_expected_ranges(session, drive.drive_type)}
+    return {
+        "expirationDateTime": iso(session.expires_at),
+        "nextExpectedRanges": next_expected_ranges(session, drive.drive_type),
+    }
 
 
 def _problem(p: GraphProblem) -> Response:
@@ -72,13 +74,19 @@ def upload_url(session_id: str) -> Response:
     """Serve the pre-authenticated upload URL."""
     state = get_state()
     if "Authorization" in request.headers:
-        return graph_error(401, "unauthenticated",
-                           "The uploadUrl is pre-authenticated: do not send an Authorization "
-                           "header to it.")
+        return graph_error(
+            401,
+            "unauthenticated",
+            "The uploadUrl is pre-authenticated: do not send an Authorization header to it.",
+        )
     session = state.live_session(session_id)
     if session is None:
-        return graph_error(404, "itemNotFound", "The upload session was not found or has "
-                           "expired.", "uploadSessionNotFound")
+        return graph_error(
+            404,
+            "itemNotFound",
+            "The upload session was not found or has expired.",
+            "uploadSessionNotFound",
+        )
     if request.method == "GET":
         return graph_json(session_status(state, session))
     if request.method == "DELETE":
@@ -99,37 +107,62 @@ def _parse_range(session: UploadSession) -> tuple[int, int, int, int]:
         raise GraphProblem(411, "invalidRequest", "A Content-Length header is required.")
     match = _RANGE.match(request.headers.get("Content-Range", "").strip())
     if not match:
-        raise GraphProblem(400, "invalidRequest",
-                           "A Content-Range header of the form 'bytes a-b/total' is required.")
+        raise GraphProblem(
+            400,
+            "invalidRequest",
+            "A Content-Range header of the form 'bytes a-b/total' is required.",
+        )
     start, end, total = (int(x) for x in match.groups())
     if end < start or end >= total:
         raise GraphProblem(416, "invalidRange", "The Content-Range is not valid.")
     if length != end - start + 1:
-        raise GraphProblem(400, "invalidRequest",
-                           "Content-Length does not match the Content-Range.")
+        raise GraphProblem(
+            400, "invalidRequest", "Content-Length does not match the Content-Range."
+        )
     if session.total is not None and total != session.total:
-        raise GraphProblem(400, "invalidRequest", "Declared total size for this fragment is "
-                           "different from that of the upload session.", "fragmentLengthMismatch")
+        raise GraphProblem(
+            400,
+            "invalidRequest",
+            "Declared total size for this fragment is different from that of the upload session.",
+            "fragmentLengthMismatch",
+        )
     if length > MAX_FRAGMENT:
-        raise GraphProblem(413, "invalidRequest", "A fragment must be at most 60 MiB.",
-                           "maxFragmentLengthExceeded")
+        raise GraphProblem(
+            413, "invalidRequest", "A fragment must be at most 60 MiB.", "maxFragmentLengthExceeded"
+        )
     if start < session.received or session.completed:
-        raise GraphProblem(416, "invalidRange", "The uploaded fragment overlaps with data "
-                           "already received.", "fragmentOverlap")
+        raise GraphProblem(
+            416,
+            "invalidRange",
+            "The uploaded fragment overlaps with data already received.",
+            "fragmentOverlap",
+        )
     if start > session.received:
-        raise GraphProblem(416, "invalidRange", "The uploaded fragment is out of order; see "
-                           "nextExpectedRanges.", "fragmentOutOfOrder")
+        raise GraphProblem(
+            416,
+            "invalidRange",
+            "The uploaded fragment is out of order; see nextExpectedRanges.",
+            "fragmentOutOfOrder",
+        )
     if end + 1 < total and length % FRAGMENT_UNIT:
-        raise GraphProblem(400, "invalidRequest", "The size of each fragment except the last "
-                           "must be a multiple of 320 KiB (327,680 bytes).")
+        raise GraphProblem(
+            400,
+            "invalidRequest",
+            "The size of each fragment except the last "
+            "must be a multiple of 320 KiB (327,680 bytes).",
+        )
     return start, end, total, length
 
 
 def _put_fragment(state: EmulatorState, session: UploadSession) -> Response:
     with state.lock:
         if session.busy:
-            raise GraphProblem(416, "invalidRange", "Another fragment of this session is being "
-                               "uploaded.", "fragmentOverlap")
+            raise GraphProblem(
+                416,
+                "invalidRange",
+                "Another fragment of this session is being uploaded.",
+                "fragmentOverlap",
+            )
         start, end, total, length = _parse_range(session)
         account = state.account(session.email)
         assert account is not None  # noqa: S101
@@ -175,8 +208,16 @@ def _commit(state: EmulatorState, session: UploadSession) -> Response:
         if parent is None or parent.deleted:
             raise not_found("The parent folder no longer exists.")
         item, created = commit_file(
-            state, account, drive, parent, session.name, session.conflict, session.part_path,
-            session.total or 0, session.hash.b64digest(), target=target,
+            state,
+            account,
+            drive,
+            parent,
+            session.name,
+            session.conflict,
+            session.part_path,
+            session.total or 0,
+            session.hash.b64digest(),
+            target=target,
             fs_times=(session.fs_created, session.fs_modified),
         )
         session.completed = True
@@ -188,11 +229,15 @@ def _explicit_commit(state: EmulatorState, session: UploadSession) -> Response:
     """Complete a ``deferCommit`` session with an empty POST (OneDrive for Business)."""
     drive = state.drives[session.drive_id.casefold()]
     if drive.drive_type != "business":
-        return graph_error(400, "notSupported", "Committing with POST is only supported on "
-                           "OneDrive for Business and SharePoint.")
+        return graph_error(
+            400,
+            "notSupported",
+            "Committing with POST is only supported on OneDrive for Business and SharePoint.",
+        )
     if not session.defer_commit or session.total is None or session.received < session.total:
-        return graph_error(400, "invalidRequest", "The upload session is incomplete.",
-                           "uploadSessionIncomplete")
+        return graph_error(
+            400, "invalidRequest", "The upload session is incomplete.", "uploadSessionIncomplete"
+        )
     try:
         return _commit(state, session)
     except GraphProblem as p:
@@ -213,9 +258,9 @@ def download(token: str) -> Response:
             return graph_error(404, "itemNotFound", "The resource could not be found.")
         blob, mime, name = item.blob, item.mime_type, item.name
     try:
-        resp = send_file(blob, mimetype=mime, download_name=name, conditional=True, etag=False,
-                         max_age=0)
+        resp = send_file(
+            blob, mimetype=mime, download_name=name, conditional=True, etag=False, max_age=0
+        )
     except FileNotFoundError:
         return graph_error(404, "itemNotFound", "The resource could not be found.")
     return resp
-

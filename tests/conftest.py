@@ -47,7 +47,10 @@ def migrate_database(url: str) -> None:
     env = {**os.environ, "DRIVESYNC_DATABASE_URL": url, "DRIVESYNC_SECRET_KEY": "x" * 40}
     subprocess.run(
         [sys.executable, "-m", "flask", "--app", "wsgi", "db", "upgrade"],
-        cwd=ROOT, env=env, check=True, capture_output=True,
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
     )
 
 
@@ -64,11 +67,17 @@ def postgres_schema() -> str:
     migrate_database(PG_OWNER_URL)
     if PG_APP_URL != PG_OWNER_URL:
         role = create_engine(PG_APP_URL).url.username
-        env = {**os.environ, "DRIVESYNC_DATABASE_URL": PG_OWNER_URL,
-               "DRIVESYNC_SECRET_KEY": "x" * 40}
+        env = {
+            **os.environ,
+            "DRIVESYNC_DATABASE_URL": PG_OWNER_URL,
+            "DRIVESYNC_SECRET_KEY": "x" * 40,
+        }
         subprocess.run(
             [sys.executable, "-m", "flask", "--app", "wsgi", "db-grant", role],
-            cwd=ROOT, env=env, check=True, capture_output=True,
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
         )
     return PG_APP_URL
 

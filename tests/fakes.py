@@ -177,9 +177,7 @@ class FakeDrive:
                 return candidate
         raise AssertionError("unreachable")
 
-    def _store(
-        self, parent_id: str, name: str, data: bytes, item_id: str | None
-    ) -> dict[str, Any]:
+    def _store(self, parent_id: str, name: str, data: bytes, item_id: str | None) -> dict[str, Any]:
         item_id = item_id or f"item-{next(self._ids)}"
         old = self.items.get(item_id)
         version = (int(old["eTag"].strip('"').rsplit(",", 1)[1]) + 1) if old else 1
@@ -192,8 +190,11 @@ class FakeDrive:
             "cTag": f'"c:{item_id},{version}"',
             "webUrl": f"https://onedrive.example/{item_id}",
             "file": {"hashes": {"quickXorHash": QuickXorHash(data).b64digest()}},
-            "parentReference": {"id": parent_id, "path": FOLDER_PATH,
-                                "driveType": self.drive_type},  # fmt: skip
+            "parentReference": {
+                "id": parent_id,
+                "path": FOLDER_PATH,
+                "driveType": self.drive_type,
+            },  # fmt: skip
         }
         return self.items[item_id]
 

@@ -59,8 +59,11 @@ def consent(authorize_url: str, email: str = ALEX, accept: bool = True) -> str:
         request_id = re.search(r'name="request_id" value="([^"]+)"', page.text).group(1)
         r = s.post(
             page.url,
-            data={"request_id": request_id, "account": email,
-                  "action": "accept" if accept else "cancel"},
+            data={
+                "request_id": request_id,
+                "account": email,
+                "action": "accept" if accept else "cancel",
+            },
             allow_redirects=False,
             timeout=10,
         )

@@ -162,8 +162,9 @@ def _load_token_row(integration_id: int, lock: bool) -> OAuthToken | None:
     stmt = (
         db.select(OAuthToken)
         .where(OAuthToken.integration_id == integration_id)
-        .options(undefer(OAuthToken.access_token_encrypted),
-                 undefer(OAuthToken.refresh_token_encrypted))
+        .options(
+            undefer(OAuthToken.access_token_encrypted), undefer(OAuthToken.refresh_token_encrypted)
+        )
         .execution_options(populate_existing=True)
     )
     if lock and db.session.get_bind().dialect.name == "postgresql":
@@ -278,8 +279,9 @@ def complete_connect(
     """
     settings = oauth_settings(redirect_uri)
     token = (exchange or oauth.exchange_code)(settings, code, code_verifier)
-    client = GraphClient(lambda force: str(token["access_token"]),
-                         base_url=current_app.config["GRAPH_URL"])
+    client = GraphClient(
+        lambda force: str(token["access_token"]), base_url=current_app.config["GRAPH_URL"]
+    )
     me = client.me()
     drive = client.drive()
     if uses_app_folder():
@@ -321,11 +323,22 @@ def _reset_file_links(user_id: int) -> None:
         update(File)
         .where(File.owner_id == user_id)
         .values(
-            onedrive_sync_status="not_synced", onedrive_id=None, onedrive_etag=None,
-            onedrive_ctag=None, onedrive_path=None, onedrive_web_url=None, onedrive_name=None,
-            onedrive_error=None, onedrive_note=None, onedrive_synced_at=None,
-            synced_content_hash=None, upload_url=None, upload_expires_at=None, bytes_sent=0,
-            claimed_at=None, heartbeat_at=None,
+            onedrive_sync_status="not_synced",
+            onedrive_id=None,
+            onedrive_etag=None,
+            onedrive_ctag=None,
+            onedrive_path=None,
+            onedrive_web_url=None,
+            onedrive_name=None,
+            onedrive_error=None,
+            onedrive_note=None,
+            onedrive_synced_at=None,
+            synced_content_hash=None,
+            upload_url=None,
+            upload_expires_at=None,
+            bytes_sent=0,
+            claimed_at=None,
+            heartbeat_at=None,
         )
     )
 
@@ -389,8 +402,10 @@ def _rotate_user_tokens(v: Vault, user_id: int, batch: int) -> tuple[int, int]:
             .where(OAuthToken.user_id == user_id, OAuthToken.id > last_id)
             .order_by(OAuthToken.id)
             .limit(batch)
-            .options(undefer(OAuthToken.access_token_encrypted),
-                     undefer(OAuthToken.refresh_token_encrypted))
+            .options(
+                undefer(OAuthToken.access_token_encrypted),
+                undefer(OAuthToken.refresh_token_encrypted),
+            )
         )
         if db.session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update()  # a concurrent refresh must not be overwritten
@@ -416,9 +431,6 @@ def _rotate_user_tokens(v: Vault, user_id: int, batch: int) -> tuple[int, int]:
 def token_exists(user_id: int) -> bool:
     """Return whether a token is stored for the user (what a user may know about it)."""
     return (
-        db.session.execute(
-            db.select(OAuthToken.id).where(OAuthToken.user_id == user_id)
-        ).first()
+        db.session.execute(db.select(OAuthToken.id).where(OAuthToken.user_id == user_id)).first()
         is not None
     )
-

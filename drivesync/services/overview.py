@@ -21,8 +21,14 @@ from .integrations import get_integration
 LISTED = ("syncing", "error", "conflict", "not_synced")
 # Only what the list shows, as plain rows: hydrating whole ORM objects costs more than the query.
 _LIST_COLUMNS = (
-    File.id, File.original_name, File.size, File.mime_type, File.onedrive_sync_status,
-    File.onedrive_error, File.onedrive_note, File.bytes_sent,
+    File.id,
+    File.original_name,
+    File.size,
+    File.mime_type,
+    File.onedrive_sync_status,
+    File.onedrive_error,
+    File.onedrive_note,
+    File.bytes_sent,
 )
 _ORDER = case({s: i for i, s in enumerate(LISTED)}, value=File.onedrive_sync_status)
 
@@ -102,8 +108,11 @@ def overview(user_id: int, list_limit: int = 100) -> Overview:
         result.skipped = db.session.execute(
             db.select(func.count())
             .select_from(File)
-            .where(File.owner_id == user_id, File.onedrive_sync_status == "not_synced",
-                   File.skipped_hash == File.content_hash)
+            .where(
+                File.owner_id == user_id,
+                File.onedrive_sync_status == "not_synced",
+                File.skipped_hash == File.content_hash,
+            )
         ).scalar_one()
     if any(result.counts.get(s) for s in LISTED):
         result.pending = list(

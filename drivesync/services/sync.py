@@ -230,9 +230,7 @@ def _short(message: str) -> str:
 
 
 def _files(user_id: int) -> Any:
-    return update(File).where(File.owner_id == user_id).execution_options(
-        synchronize_session=False
-    )
+    return update(File).where(File.owner_id == user_id).execution_options(synchronize_session=False)
 
 
 def _remote_hash(item: DriveItem) -> str | None:
@@ -375,9 +373,7 @@ def _abandoned(run: SyncRun) -> bool:
     return fresh == 0
 
 
-def _create_run(
-    user_id: int, ids: list[int], sizes: int, *, statuses: tuple[str, ...]
-) -> SyncRun:
+def _create_run(user_id: int, ids: list[int], sizes: int, *, statuses: tuple[str, ...]) -> SyncRun:
     run = SyncRun(user_id=user_id, status="queued", total=len(ids), bytes_total=sizes)
     db.session.add(run)
     db.session.flush()
@@ -407,8 +403,9 @@ def _enqueue(run: SyncRun, user_id: int, resolve: str | None = None) -> SyncRun:
         db.session.execute(
             update(SyncRun)
             .where(SyncRun.id == run_id, SyncRun.user_id == user_id, SyncRun.status == "queued")
-            .values(status="failed", error="Could not start the sync; try again.",
-                    finished_at=utcnow())
+            .values(
+                status="failed", error="Could not start the sync; try again.", finished_at=utcnow()
+            )
         )
         db.session.commit()
         raise ServiceError("Could not start the sync; try again in a moment.") from None
@@ -461,9 +458,7 @@ def request_sync(user_id: int, file_ids: Sequence[int] | None = None) -> SyncRun
         )
     limit = int(current_app.config.get("SYNC_BATCH_LIMIT", 100))
     rows = db.session.execute(
-        query.with_only_columns(File.id, File.size)
-        .order_by(File.created_at, File.id)
-        .limit(limit)
+        query.with_only_columns(File.id, File.size).order_by(File.created_at, File.id).limit(limit)
     ).all()
     if not rows:
         db.session.rollback()
@@ -497,8 +492,13 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
         raise Conflict("This file is not in conflict.")
     if action == "skip":
         if not update_sync_status(
-            user_id, file_id, "not_synced", expected="conflict",
-            onedrive_error=None, onedrive_note=SKIPPED_NOTE, skipped_hash=f.content_hash,
+            user_id,
+            file_id,
+            "not_synced",
+            expected="conflict",
+            onedrive_error=None,
+            onedrive_note=SKIPPED_NOTE,
+            skipped_hash=f.content_hash,
         ):
             raise Conflict("This file is not in conflict.")
         logger.info("user %s skipped the conflict of file %s", user_id, file_id)
@@ -778,8 +778,11 @@ class _Progress:
         c = self.claim
         db.session.execute(
             _files(c.user_id)
-            .where(File.id == c.file_id, File.onedrive_sync_status == "syncing",
-                   File.claimed_at == c.claimed_at)  # fmt: skip
+            .where(
+                File.id == c.file_id,
+                File.onedrive_sync_status == "syncing",
+                File.claimed_at == c.claimed_at,
+            )  # fmt: skip
             .values(heartbeat_at=utcnow(), **values)
         )
         db.session.commit()
@@ -881,8 +884,14 @@ def _claim(f: File, allowed: tuple[str, ...]) -> _Claim | None:
     moved = db.session.execute(
         _files(f.owner_id)
         .where(File.id == f.id, File.onedrive_sync_status.in_(allowed), File.version == f.version)
-        .values(onedrive_sync_status="syncing", claimed_at=now, heartbeat_at=now, bytes_sent=0,
-                onedrive_error=None, onedrive_note=None)  # fmt: skip
+        .values(
+            onedrive_sync_status="syncing",
+            claimed_at=now,
+            heartbeat_at=now,
+            bytes_sent=0,
+            onedrive_error=None,
+            onedrive_note=None,
+        )  # fmt: skip
     ).rowcount
     db.session.commit()  # also ends the read transaction before a long upload
     return claim if moved == 1 else None
@@ -948,9 +957,14 @@ def _finish(
         {k: v for k, v in values.items() if k != "onedrive_note"} if status == "synced" else {}
     )
     moved = db.session.execute(
-        _ours(claim).values(onedrive_sync_status="not_synced", upload_url=None,
-                            upload_expires_at=None, claimed_at=None, heartbeat_at=None,
-                            **remembered)  # fmt: skip
+        _ours(claim).values(
+            onedrive_sync_status="not_synced",
+            upload_url=None,
+            upload_expires_at=None,
+            claimed_at=None,
+            heartbeat_at=None,
+            **remembered,
+        )  # fmt: skip
     ).rowcount
     if moved == 1:
         _count(run_id, claim.user_id, "not_synced", size)
@@ -1009,9 +1023,7 @@ def _push(
         raise FileTooLargeError(claim.size, MAX_FILE_SIZE)
     path = str(_storage().path(claim.stored_path))
     resume = None
-    if claim.upload_url and (
-        claim.upload_expires_at is None or claim.upload_expires_at > utcnow()
-    ):
+    if claim.upload_url and (claim.upload_expires_at is None or claim.upload_expires_at > utcnow()):
         resume = ResumeState(claim.upload_url, claim.upload_expires_at)
     tracker = _Progress(claim)
     fragment = _fragment_size()

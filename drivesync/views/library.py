@@ -60,8 +60,9 @@ def upload() -> Any:
     for part in parts:
         try:
             added.append(
-                library_service.add_file(current_user.id, part.filename or "", _incoming(part),
-                                         storage())
+                library_service.add_file(
+                    current_user.id, part.filename or "", _incoming(part), storage()
+                )
             )
         except ValidationError as e:
             refused.append(f"{part.filename!r}: {e.message}")

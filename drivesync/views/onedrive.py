@@ -119,7 +119,9 @@ def callback() -> Any:
         abort(400, "Microsoft's answer was missing the authorisation code.")
     try:
         integration = integrations.complete_connect(
-            current_user.id, code, pending["verifier"],
+            current_user.id,
+            code,
+            pending["verifier"],
             url_for("onedrive.callback", _external=True),
         )
     except GraphError as exc:

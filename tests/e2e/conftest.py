@@ -21,9 +21,9 @@ from flask import Flask
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from drivesync import create_app, tasks
+from drivesync.extensions import db
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
-from drivesync.extensions import db
 from tests.conftest import app_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,9 +42,16 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,
-        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"],
+        "args": [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
     }
 
 
@@ -97,28 +104,32 @@ def live_server(tmp_path: Path, e2e_emulator: EmulatorServer) -> Iterator[LiveSe
     """Serve a fresh app (SQLite file, in-process ``thread`` sync worker) on a free port."""
     client_id, secret = "drivesync-e2e", secrets.token_urlsafe(16)
     emu_url = e2e_emulator.url
-    app = create_app(app_config(
-        tmp_path,
-        f"sqlite:///{tmp_path / 'e2e.sqlite3'}",
-        TASK_BACKEND="thread",
-        UPLOAD_FRAGMENT_MB=5,
-        MS_CLIENT_ID=client_id,
-        MS_CLIENT_SECRET=secret,
-        MS_AUTHORITY=emu_url,
-        GRAPH_URL=emu_url + "/v1.0",
-        EMULATOR_URL=emu_url,
-    ))
+    app = create_app(
+        app_config(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'e2e.sqlite3'}",
+            TASK_BACKEND="thread",
+            UPLOAD_FRAGMENT_MB=5,
+            MS_CLIENT_ID=client_id,
+            MS_CLIENT_SECRET=secret,
+            MS_AUTHORITY=emu_url,
+            GRAPH_URL=emu_url + "/v1.0",
+            EMULATOR_URL=emu_url,
+        )
+    )
     with app.app_context():
         db.create_all()
-    server: BaseWSGIServer = make_server("127.0.0.1", 0, app, threaded=True,
-                                         request_handler=_QuietHandler)
+    server: BaseWSGIServer = make_server(
+        "127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler
+    )
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="e2e-live-server", daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_port}"
     emu = EmulatorAdmin(emu_url)
-    emu.register_client(client_id, secret, [f"{url}/settings/onedrive/callback"],
-                        app_name="drivesync (e2e)")
+    emu.register_client(
+        client_id, secret, [f"{url}/settings/onedrive/callback"], app_name="drivesync (e2e)"
+    )
     try:
         yield LiveServer(url=url, app=app, emu=emu, emulator_url=emu_url)
     finally:

@@ -89,8 +89,9 @@ def consent_as_alex(page: Page, live: LiveServer, shot: str | None = None) -> No
     if shot:
         live.shot(page, shot, doc=True)
     page.get_by_role("button", name="Accept").click()
-    expect(page).to_have_url(re.compile("^" + re.escape(live.url) + "/settings/onedrive/"),
-                             timeout=T)
+    expect(page).to_have_url(
+        re.compile("^" + re.escape(live.url) + "/settings/onedrive/"), timeout=T
+    )
 
 
 def badge(page: Page) -> Locator:
@@ -159,9 +160,10 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     # A better picture once the big file's bar has moved, if it moves while we look.
     page.wait_for_function(
         "(name) => { const b = document.querySelector("
-        "`#pending-files progress[aria-label=\"Upload of ${name}\"]`);"
+        '`#pending-files progress[aria-label="Upload of ${name}"]`);'
         " return !b || Number(b.value) > 0; }",
-        arg=BIG, timeout=T,
+        arg=BIG,
+        timeout=T,
     )
     if big_bar.count() and 0 < int(big_bar.get_attribute("value") or 0) < 100:
         live.shot(page, "settings-sync-in-progress", doc=True)
@@ -199,15 +201,16 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     live.shot(page, "browse-onedrive", doc=True)
     # Importing a file the library already tracks is refused with a clear message.
     remote.locator(f'tr[data-name="{PDF}"]').get_by_role("button", name="Import to library").click()
-    expect(page.locator("#flashes")).to_contain_text(
-        f"already in your library as {PDF}", timeout=T)
+    expect(page.locator("#flashes")).to_contain_text(f"already in your library as {PDF}", timeout=T)
     # Importing the new one copies it into the library, already synced.
     remote = page.locator("#remote-rows")
-    remote.locator(f'tr[data-name="{PHONE}"]').get_by_role("button", name="Import to library"
-                                                             ).click()
+    remote.locator(f'tr[data-name="{PHONE}"]').get_by_role(
+        "button", name="Import to library"
+    ).click()
     expect(page).to_have_url(re.compile(r"/library/"), timeout=T)
-    expect(page.locator("#flashes")).to_contain_text(f"Imported {PHONE} into your library",
-                                                     timeout=T)
+    expect(page.locator("#flashes")).to_contain_text(
+        f"Imported {PHONE} into your library", timeout=T
+    )
     expect(page.locator("#library caption")).to_have_text("4 files", timeout=T)
     row = page.locator("#library tr", has=page.get_by_role("link", name=PHONE, exact=True))
     expect(row.locator(".badge")).to_have_text("synced", timeout=T)
@@ -266,8 +269,7 @@ def test_sync_all_without_javascript(
         expect(page.locator('#sync-progress meta[http-equiv="refresh"]')).to_have_count(1)
         live.shot(page, "nojs-sync-in-progress")
         before = len(loads)
-        expect(page.locator("#all-synced")).to_have_text("Everything is in OneDrive.",
-                                                          timeout=T)
+        expect(page.locator("#all-synced")).to_have_text("Everything is in OneDrive.", timeout=T)
         expect(page.locator("#count-synced")).to_have_text("3", timeout=T)
         expect(page.locator("#run-summary")).to_contain_text("3 of 3 synced", timeout=T)
         expect(page.locator('meta[http-equiv="refresh"]')).to_have_count(0)

@@ -24,8 +24,9 @@ def qxh(data: bytes) -> str:
 
 def put(http: requests.Session, env: Env, path: str, data: bytes, conflict: str | None = None):
     params = {"@microsoft.graph.conflictBehavior": conflict} if conflict else None
-    return http.put(f"{env.graph}/me/drive/root:/{path}:/content", data=data, params=params,
-                    timeout=5)
+    return http.put(
+        f"{env.graph}/me/drive/root:/{path}:/content", data=data, params=params, timeout=5
+    )
 
 
 def assert_graph_error(resp: requests.Response, status: int, code: str) -> dict:
@@ -41,8 +42,9 @@ def test_bearer_required(env: Env) -> None:
     resp = requests.get(f"{env.graph}/me/drive", timeout=5)
     assert_graph_error(resp, 401, "InvalidAuthenticationToken")
     assert "WWW-Authenticate" in resp.headers
-    resp = requests.get(f"{env.graph}/me/drive", headers={"Authorization": "Bearer junk"},
-                        timeout=5)
+    resp = requests.get(
+        f"{env.graph}/me/drive", headers={"Authorization": "Bearer junk"}, timeout=5
+    )
     assert_graph_error(resp, 401, "InvalidAuthenticationToken")
 
 
@@ -75,8 +77,19 @@ def test_simple_upload_fields_and_hash(env: Env, http: requests.Session) -> None
     resp = put(http, env, "Docs/notes.txt", data)
     assert resp.status_code == 201
     item = resp.json()
-    for key in ("id", "name", "size", "eTag", "cTag", "createdDateTime", "lastModifiedDateTime",
-                "parentReference", "file", "webUrl", "@microsoft.graph.downloadUrl"):
+    for key in (
+        "id",
+        "name",
+        "size",
+        "eTag",
+        "cTag",
+        "createdDateTime",
+        "lastModifiedDateTime",
+        "parentReference",
+        "file",
+        "webUrl",
+        "@microsoft.graph.downloadUrl",
+    ):
         assert key in item
     assert item["size"] == len(data)
     assert item["file"]["hashes"]["quickXorHash"] == qxh(data)
@@ -89,8 +102,9 @@ def test_simple_upload_fields_and_hash(env: Env, http: requests.Session) -> None
     by_id = http.put(f"{env.graph}/me/drive/items/{item['id']}/content", data=b"v3", timeout=5)
     assert by_id.status_code == 200 and by_id.json()["size"] == 2
     parent_id = item["parentReference"]["id"]
-    by_parent = http.put(f"{env.graph}/me/drive/items/{parent_id}:/other.bin:/content",
-                         data=b"x", timeout=5)
+    by_parent = http.put(
+        f"{env.graph}/me/drive/items/{parent_id}:/other.bin:/content", data=b"x", timeout=5
+    )
     assert by_parent.status_code == 201
 
 
@@ -122,12 +136,36 @@ def test_simple_upload_over_250mb_refused_before_reading(env: Env) -> None:
     conn.close()
 
 
-@pytest.mark.parametrize("name", ['a"b', "a*b", "a:b", "a<b", "a>b", "a?b", "a\\b", "a|b",
-                                  " lead", "trail ", "dot.", ".lock", "CON", "prn", "aux",
-                                  "NUL", "COM1", "lpt9", "x_vti_y", "desktop.ini", "~$doc.docx"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        'a"b',
+        "a*b",
+        "a:b",
+        "a<b",
+        "a>b",
+        "a?b",
+        "a\\b",
+        "a|b",
+        " lead",
+        "trail ",
+        "dot.",
+        ".lock",
+        "CON",
+        "prn",
+        "aux",
+        "NUL",
+        "COM1",
+        "lpt9",
+        "x_vti_y",
+        "desktop.ini",
+        "~$doc.docx",
+    ],
+)
 def test_invalid_names_refused(env: Env, http: requests.Session, name: str) -> None:
-    resp = http.post(f"{env.graph}/me/drive/root/children", timeout=5,
-                     json={"name": name, "folder": {}})
+    resp = http.post(
+        f"{env.graph}/me/drive/root/children", timeout=5, json={"name": name, "folder": {}}
+    )
     assert_graph_error(resp, 400, "invalidRequest")
 
 
@@ -139,14 +177,23 @@ def test_path_over_400_characters_refused(env: Env, http: requests.Session) -> N
 
 def test_folder_creation_conflicts(env: Env, http: requests.Session) -> None:
     url = f"{env.graph}/me/drive/root/children"
-    first = http.post(url, json={"name": "Photos", "folder": {},
-                                 "@microsoft.graph.conflictBehavior": "fail"}, timeout=5)
+    first = http.post(
+        url,
+        json={"name": "Photos", "folder": {}, "@microsoft.graph.conflictBehavior": "fail"},
+        timeout=5,
+    )
     assert first.status_code == 201
-    again = http.post(url, json={"name": "photos", "folder": {},
-                                 "@microsoft.graph.conflictBehavior": "fail"}, timeout=5)
+    again = http.post(
+        url,
+        json={"name": "photos", "folder": {}, "@microsoft.graph.conflictBehavior": "fail"},
+        timeout=5,
+    )
     assert_graph_error(again, 409, "nameAlreadyExists")
-    renamed = http.post(url, json={"name": "Photos", "folder": {},
-                                   "@microsoft.graph.conflictBehavior": "rename"}, timeout=5)
+    renamed = http.post(
+        url,
+        json={"name": "Photos", "folder": {}, "@microsoft.graph.conflictBehavior": "rename"},
+        timeout=5,
+    )
     assert renamed.json()["name"] == "Photos 1"
 
 
@@ -186,16 +233,18 @@ def test_approot_created_on_demand(env: Env, http: requests.Session) -> None:
     approot = http.get(f"{env.graph}/me/drive/special/approot", timeout=5).json()
     assert approot["specialFolder"] == {"name": "approot"}
     assert approot["parentReference"]["path"] == "/drive/root:/Apps"
-    item = http.put(f"{env.graph}/me/drive/special/approot:/backup.zip:/content", data=b"z",
-                    timeout=5).json()
+    item = http.put(
+        f"{env.graph}/me/drive/special/approot:/backup.zip:/content", data=b"z", timeout=5
+    ).json()
     assert item["parentReference"]["id"] == approot["id"]
 
 
 def test_download_redirects_to_preauthenticated_url(env: Env, http: requests.Session) -> None:
     data = bytes(range(256)) * 40
     item = put(http, env, "bin/data.bin", data).json()
-    resp = http.get(f"{env.graph}/me/drive/items/{item['id']}/content", allow_redirects=False,
-                    timeout=5)
+    resp = http.get(
+        f"{env.graph}/me/drive/items/{item['id']}/content", allow_redirects=False, timeout=5
+    )
     assert resp.status_code == 302
     location = resp.headers["Location"]
     assert requests.get(location, timeout=5).content == data
@@ -211,8 +260,9 @@ def test_get_and_delete(env: Env, http: requests.Session) -> None:
     got = http.get(f"{env.graph}/me/drive/root:/gone.txt", timeout=5).json()
     assert got["id"] == item["id"]
     assert http.delete(f"{env.graph}/me/drive/items/{item['id']}", timeout=5).status_code == 204
-    assert_graph_error(http.get(f"{env.graph}/me/drive/items/{item['id']}", timeout=5),
-                       404, "itemNotFound")
+    assert_graph_error(
+        http.get(f"{env.graph}/me/drive/items/{item['id']}", timeout=5), 404, "itemNotFound"
+    )
 
 
 def test_if_match_detects_server_side_change(env: Env, http: requests.Session) -> None:
@@ -220,8 +270,12 @@ def test_if_match_detects_server_side_change(env: Env, http: requests.Session) -
     changed = env.admin.modify_item(ALEX, "shared.txt", b"theirs")
     assert changed["eTag"] != item["eTag"] and changed["cTag"] != item["cTag"]
     assert changed["quickXorHash"] == qxh(b"theirs")
-    resp = http.put(f"{env.graph}/me/drive/items/{item['id']}/content", data=b"mine v2",
-                    headers={"If-Match": item["eTag"]}, timeout=5)
+    resp = http.put(
+        f"{env.graph}/me/drive/items/{item['id']}/content",
+        data=b"mine v2",
+        headers={"If-Match": item["eTag"]},
+        timeout=5,
+    )
     assert_graph_error(resp, 412, "resourceModified")
 
 

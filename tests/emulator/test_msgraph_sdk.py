@@ -92,8 +92,7 @@ def test_get_drive_and_list_children_with_page_iterator(env: Env) -> None:
         )
 
         config = ChildrenRequestBuilder.ChildrenRequestBuilderGetRequestConfiguration(
-            query_parameters=ChildrenRequestBuilder.ChildrenRequestBuilderGetQueryParameters(
-                top=2)
+            query_parameters=ChildrenRequestBuilder.ChildrenRequestBuilderGetQueryParameters(top=2)
         )
         first = await items.by_drive_item_id(folder.id).children.get(request_configuration=config)
         assert first.odata_next_link
@@ -139,17 +138,26 @@ def test_create_upload_session_and_upload_fragments(env: Env) -> None:
         drive_id = await _drive_id(client)
         body = CreateUploadSessionPostRequestBody(
             item=DriveItemUploadableProperties(
-                additional_data={"@microsoft.graph.conflictBehavior": "replace"}))
-        session = await (client.drives.by_drive_id(drive_id).items
-                         .by_drive_item_id("root:/sdk/big.bin:").create_upload_session
-                         .post(body))
+                additional_data={"@microsoft.graph.conflictBehavior": "replace"}
+            )
+        )
+        session = await (
+            client.drives.by_drive_id(drive_id)
+            .items.by_drive_item_id("root:/sdk/big.bin:")
+            .create_upload_session.post(body)
+        )
         assert session.upload_url and session.next_expected_ranges == ["0-"]
         async with httpx.AsyncClient(timeout=10) as raw:
             start, step = 0, UNIT * 2
             while start < len(data):
-                piece = data[start:start + step]
-                resp = await raw.put(session.upload_url, content=piece, headers={
-                    "Content-Range": f"bytes {start}-{start + len(piece) - 1}/{len(data)}"})
+                piece = data[start : start + step]
+                resp = await raw.put(
+                    session.upload_url,
+                    content=piece,
+                    headers={
+                        "Content-Range": f"bytes {start}-{start + len(piece) - 1}/{len(data)}"
+                    },
+                )
                 start += len(piece)
             assert resp.status_code == 201
             assert resp.json()["file"]["hashes"]["quickXorHash"] == qxh(data)
@@ -164,8 +172,11 @@ def test_conflict_fail_raises_409(env: Env) -> None:
         client = make_client(env)
         drive_id = await _drive_id(client)
         children = client.drives.by_drive_id(drive_id).items.by_drive_item_id("root").children
-        folder = DriveItem(name="Reports", folder=Folder(),
-                           additional_data={"@microsoft.graph.conflictBehavior": "fail"})
+        folder = DriveItem(
+            name="Reports",
+            folder=Folder(),
+            additional_data={"@microsoft.graph.conflictBehavior": "fail"},
+        )
         created = await children.post(folder)
         assert created.folder is not None
         with pytest.raises(ODataError) as err:
@@ -200,21 +211,27 @@ def test_sdk_large_file_task_fragments_are_refused_by_emulator(env: Env) -> None
     async def scenario() -> None:
         client = make_client(env)
         drive_id = await _drive_id(client)
-        session = await (client.drives.by_drive_id(drive_id).items
-                         .by_drive_item_id("root:/sdk/task.bin:").create_upload_session
-                         .post(CreateUploadSessionPostRequestBody()))
+        session = await (
+            client.drives.by_drive_id(drive_id)
+            .items.by_drive_item_id("root:/sdk/task.bin:")
+            .create_upload_session.post(CreateUploadSessionPostRequestBody())
+        )
         import io
 
-        task = LargeFileUploadTask(session, client.request_adapter, io.BytesIO(data),
-                                   max_chunk_size=UNIT)
+        task = LargeFileUploadTask(
+            session, client.request_adapter, io.BytesIO(data), max_chunk_size=UNIT
+        )
         try:
             await task.upload()
         except Exception:  # noqa: S110 - the SDK surfaces the refusal in different ways
             pass
 
     run(scenario())
-    puts = [e for e in env.admin.requests_log()
-            if e["path"].startswith("/_upload/") and e["method"] == "PUT"]
+    puts = [
+        e
+        for e in env.admin.requests_log()
+        if e["path"].startswith("/_upload/") and e["method"] == "PUT"
+    ]
     # Through the GraphRequestAdapter the task also attaches the bearer token: refused first.
     assert [(e["status"], e["had_authorization_header"]) for e in puts] == [(401, True)]
     assert env.admin.list_items(ALEX) == [

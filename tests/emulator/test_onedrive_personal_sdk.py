@@ -39,16 +39,24 @@ def sdk_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
 
 async def _stream(data: bytes, piece: int = 1024 * 1024) -> AsyncIterator[bytes]:
     for i in range(0, len(data), piece):
-        yield data[i:i + piece]
+        yield data[i : i + piece]
 
 
-async def _upload(session: ClientSession, token, parent_id: str, name: str, data: bytes,
-                  conflict: ConflictBehavior, progress=None):
-    info = FileInfo(name=name, size=len(data), folder_path_id=parent_id,
-                    content_stream=_stream(data))
-    return await LargeFileUploadClient.upload(token, info, session=session,
-                                              conflict_behavior=conflict,
-                                              progress_callback=progress)
+async def _upload(
+    session: ClientSession,
+    token,
+    parent_id: str,
+    name: str,
+    data: bytes,
+    conflict: ConflictBehavior,
+    progress=None,
+):
+    info = FileInfo(
+        name=name, size=len(data), folder_path_id=parent_id, content_stream=_stream(data)
+    )
+    return await LargeFileUploadClient.upload(
+        token, info, session=session, conflict_behavior=conflict, progress_callback=progress
+    )
 
 
 def test_multi_fragment_upload_download_and_conflicts(sdk_env: Env) -> None:
@@ -66,18 +74,21 @@ def test_multi_fragment_upload_download_and_conflicts(sdk_env: Env) -> None:
             assert drive.id
             approot = await client.get_approot()
             folder = await client.create_folder(approot.id, "backups")
-            uploaded = await _upload(session, token, folder.id, "backup.tar", data,
-                                     ConflictBehavior.FAIL)
+            uploaded = await _upload(
+                session, token, folder.id, "backup.tar", data, ConflictBehavior.FAIL
+            )
             assert uploaded.size == len(data)
             assert uploaded.hashes.quick_xor_hash == qxh(data)
             stream = await client.download_drive_item(uploaded.id)
             assert await stream.read() == data
             with pytest.raises(HttpRequestException) as err:
-                await _upload(session, token, folder.id, "backup.tar", b"again",
-                              ConflictBehavior.FAIL)
+                await _upload(
+                    session, token, folder.id, "backup.tar", b"again", ConflictBehavior.FAIL
+                )
             assert err.value.status_code == 409
-            renamed = await _upload(session, token, folder.id, "backup.tar", b"again",
-                                    ConflictBehavior.RENAME)
+            renamed = await _upload(
+                session, token, folder.id, "backup.tar", b"again", ConflictBehavior.RENAME
+            )
             assert renamed.name == "backup 1.tar"
             children = await client.list_drive_items(folder.id)
             assert sorted(c.name for c in children) == ["backup 1.tar", "backup.tar"]
@@ -86,8 +97,11 @@ def test_multi_fragment_upload_download_and_conflicts(sdk_env: Env) -> None:
             await client.delete_drive_item(small.id)
 
     run_async(scenario())
-    fragments = [e for e in env.admin.requests_log()
-                 if e["path"].startswith("/_upload/") and e["method"] == "PUT"]
+    fragments = [
+        e
+        for e in env.admin.requests_log()
+        if e["path"].startswith("/_upload/") and e["method"] == "PUT"
+    ]
     assert len([e for e in fragments if e["status"] == 202]) >= 2
     assert not any(e["had_authorization_header"] for e in fragments)
     assert any(i["path"].endswith("/backups/backup.tar") for i in env.admin.list_items(ALEX))
@@ -120,13 +134,17 @@ def test_lost_response_recovery_exposes_sdk_hash_bug(sdk_env: Env) -> None:
                     env.admin.lose_response(1)
                 calls.append(sent)
 
-            return await _upload(session, token, root.id, "resumed.bin", data,
-                                 ConflictBehavior.REPLACE, progress)
+            return await _upload(
+                session, token, root.id, "resumed.bin", data, ConflictBehavior.REPLACE, progress
+            )
 
     with pytest.raises(HashMismatchError):
         run_async(scenario())
-    fragments = [(e["status"], e["dropped"]) for e in env.admin.requests_log()
-                 if e["path"].startswith("/_upload/")]
+    fragments = [
+        (e["status"], e["dropped"])
+        for e in env.admin.requests_log()
+        if e["path"].startswith("/_upload/")
+    ]
     assert fragments == [(202, False), (0, True), (416, False), (200, False), (201, False)]
     (stored,) = env.admin.list_items(ALEX)
     assert stored["size"] == len(data) and stored["quickXorHash"] == qxh(data)

@@ -18,8 +18,11 @@ UNIT = 327_680
 
 
 def create(http: requests.Session, env: Env, path: str, conflict: str = "fail", **item) -> str:
-    resp = http.post(f"{env.graph}/me/drive/root:/{path}:/createUploadSession", timeout=5,
-                     json={"item": {"@microsoft.graph.conflictBehavior": conflict, **item}})
+    resp = http.post(
+        f"{env.graph}/me/drive/root:/{path}:/createUploadSession",
+        timeout=5,
+        json={"item": {"@microsoft.graph.conflictBehavior": conflict, **item}},
+    )
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["nextExpectedRanges"] == ["0-"] and body["expirationDateTime"]
@@ -29,17 +32,21 @@ def create(http: requests.Session, env: Env, path: str, conflict: str = "fail", 
 
 def send(url: str, data: bytes, start: int, total: int, **headers: str) -> requests.Response:
     end = start + len(data) - 1
-    return requests.put(url, data=data, timeout=10,
-                        headers={"Content-Range": f"bytes {start}-{end}/{total}", **headers})
+    return requests.put(
+        url,
+        data=data,
+        timeout=10,
+        headers={"Content-Range": f"bytes {start}-{end}/{total}", **headers},
+    )
 
 
 def test_multi_fragment_upload_personal(env: Env, http: requests.Session) -> None:
     data = os.urandom(UNIT * 3 + 1000)
     url = create(http, env, "big/file.bin")
-    first = send(url, data[:UNIT * 2], 0, len(data))
+    first = send(url, data[: UNIT * 2], 0, len(data))
     assert first.status_code == 202
     assert first.json()["nextExpectedRanges"] == [f"{UNIT * 2}-"]
-    last = send(url, data[UNIT * 2:], UNIT * 2, len(data))
+    last = send(url, data[UNIT * 2 :], UNIT * 2, len(data))
     assert last.status_code == 201
     item = last.json()
     assert item["size"] == len(data) and item["file"]["hashes"]["quickXorHash"] == qxh(data)
@@ -86,8 +93,9 @@ def test_overlapping_and_out_of_order_fragments_416(env: Env, http: requests.Ses
     assert send(url, data[:UNIT], 0, len(data)).status_code == 202
     error = assert_graph_error(send(url, data[:UNIT], 0, len(data)), 416, "invalidRange")
     assert error["innerError"]["code"] == "fragmentOverlap"
-    error = assert_graph_error(send(url, data[UNIT * 2:], UNIT * 2, len(data)), 416,
-                               "invalidRange")
+    error = assert_graph_error(
+        send(url, data[UNIT * 2 :], UNIT * 2, len(data)), 416, "invalidRange"
+    )
     assert error["innerError"]["code"] == "fragmentOutOfOrder"
 
 
@@ -95,13 +103,15 @@ def test_header_rules(env: Env, http: requests.Session) -> None:
     url = create(http, env, "a.bin")
     no_range = requests.put(url, data=b"abc", timeout=5)
     assert_graph_error(no_range, 400, "invalidRequest")
-    chunked = requests.put(url, data=iter([b"abc"]), timeout=5,
-                           headers={"Content-Range": "bytes 0-2/3"})
+    chunked = requests.put(
+        url, data=iter([b"abc"]), timeout=5, headers={"Content-Range": "bytes 0-2/3"}
+    )
     assert chunked.status_code == 411
     assert send(url, os.urandom(UNIT), 0, UNIT * 2).status_code == 202
     mismatch = send(url, os.urandom(UNIT), UNIT, UNIT * 5)
     assert assert_graph_error(mismatch, 400, "invalidRequest")["innerError"]["code"] == (
-        "fragmentLengthMismatch")
+        "fragmentLengthMismatch"
+    )
 
 
 def test_fragment_over_60_mib_refused(env: Env, http: requests.Session) -> None:
@@ -123,8 +133,8 @@ def test_resume_via_get_status(env: Env, http: requests.Session) -> None:
     status = requests.get(url, timeout=5).json()
     start = int(status["nextExpectedRanges"][0].split("-")[0])
     assert start == UNIT
-    assert send(url, data[start:start + UNIT], start, len(data)).status_code == 202
-    assert send(url, data[UNIT * 2:], UNIT * 2, len(data)).status_code == 201
+    assert send(url, data[start : start + UNIT], start, len(data)).status_code == 202
+    assert send(url, data[UNIT * 2 :], UNIT * 2, len(data)).status_code == 201
 
 
 def test_lose_response_then_retry_meets_416_and_get_tells_truth(
@@ -137,8 +147,8 @@ def test_lose_response_then_retry_meets_416_and_get_tells_truth(
         send(url, data[:UNIT], 0, len(data))
     assert_graph_error(send(url, data[:UNIT], 0, len(data)), 416, "invalidRange")
     assert requests.get(url, timeout=5).json()["nextExpectedRanges"] == [f"{UNIT}-"]
-    assert send(url, data[UNIT:UNIT * 2], UNIT, len(data)).status_code == 202
-    done = send(url, data[UNIT * 2:], UNIT * 2, len(data))
+    assert send(url, data[UNIT : UNIT * 2], UNIT, len(data)).status_code == 202
+    done = send(url, data[UNIT * 2 :], UNIT * 2, len(data))
     assert done.json()["file"]["hashes"]["quickXorHash"] == qxh(data)
 
 
@@ -147,10 +157,10 @@ def test_drop_connection_mid_fragment_keeps_nothing(env: Env, http: requests.Ses
     url = create(http, env, "dropped.bin")
     env.admin.drop_connection()
     with pytest.raises(requests.ConnectionError):
-        send(url, data[:UNIT * 4], 0, len(data))
+        send(url, data[: UNIT * 4], 0, len(data))
     assert requests.get(url, timeout=5).json()["nextExpectedRanges"] == ["0-"]
-    assert send(url, data[:UNIT * 4], 0, len(data)).status_code == 202
-    assert send(url, data[UNIT * 4:], UNIT * 4, len(data)).status_code == 201
+    assert send(url, data[: UNIT * 4], 0, len(data)).status_code == 202
+    assert send(url, data[UNIT * 4 :], UNIT * 4, len(data)).status_code == 201
     assert any(e["dropped"] for e in env.admin.requests_log())
 
 
@@ -169,8 +179,7 @@ def test_cancel_with_delete(env: Env, http: requests.Session) -> None:
 
 def test_quota_exceeded_507(env: Env, http: requests.Session) -> None:
     env.admin.quota_exceeded(ALEX)
-    resp = http.post(f"{env.graph}/me/drive/root:/q.bin:/createUploadSession", json={},
-                     timeout=5)
+    resp = http.post(f"{env.graph}/me/drive/root:/q.bin:/createUploadSession", json={}, timeout=5)
     assert_graph_error(resp, 507, "quotaLimitReached")
     env.admin.quota_exceeded(ALEX, on=False)
     url = create(http, env, "q.bin")
@@ -180,8 +189,11 @@ def test_quota_exceeded_507(env: Env, http: requests.Session) -> None:
 
 def test_conflict_fail_at_creation_and_at_commit(env: Env, http: requests.Session) -> None:
     put(http, env, "taken.bin", b"x")
-    resp = http.post(f"{env.graph}/me/drive/root:/taken.bin:/createUploadSession", timeout=5,
-                     json={"item": {"@microsoft.graph.conflictBehavior": "fail"}})
+    resp = http.post(
+        f"{env.graph}/me/drive/root:/taken.bin:/createUploadSession",
+        timeout=5,
+        json={"item": {"@microsoft.graph.conflictBehavior": "fail"}},
+    )
     assert_graph_error(resp, 409, "nameAlreadyExists")
     url = create(http, env, "later.bin", "fail")
     put(http, env, "later.bin", b"someone else")
@@ -196,18 +208,23 @@ def test_rename_at_commit(env: Env, http: requests.Session) -> None:
 
 
 def test_item_name_must_match_path(env: Env, http: requests.Session) -> None:
-    resp = http.post(f"{env.graph}/me/drive/root:/a.bin:/createUploadSession", timeout=5,
-                     json={"item": {"name": "b.bin"}})
+    resp = http.post(
+        f"{env.graph}/me/drive/root:/a.bin:/createUploadSession",
+        timeout=5,
+        json={"item": {"name": "b.bin"}},
+    )
     assert_graph_error(resp, 400, "invalidRequest")
 
 
 def test_session_by_parent_id_and_update_by_item_id(env: Env, http: requests.Session) -> None:
     root = http.get(f"{env.graph}/me/drive/root", timeout=5).json()
-    resp = http.post(f"{env.graph}/me/drive/items/{root['id']}:/p.bin:/createUploadSession",
-                     json={}, timeout=5)
+    resp = http.post(
+        f"{env.graph}/me/drive/items/{root['id']}:/p.bin:/createUploadSession", json={}, timeout=5
+    )
     created = send(resp.json()["uploadUrl"], b"one", 0, 3).json()
-    resp = http.post(f"{env.graph}/me/drive/items/{created['id']}/createUploadSession",
-                     json={}, timeout=5)
+    resp = http.post(
+        f"{env.graph}/me/drive/items/{created['id']}/createUploadSession", json={}, timeout=5
+    )
     updated = send(resp.json()["uploadUrl"], b"two!", 0, 4)
     assert updated.status_code == 200 and updated.json()["id"] == created["id"]
 
@@ -229,7 +246,7 @@ def test_large_upload_60_mib_fragments(env: Env, http: requests.Session) -> None
     url = create(http, env, "large.bin")
     start = 0
     while start < size:
-        resp = send(url, data[start:start + chunk], start, size)
+        resp = send(url, data[start : start + chunk], start, size)
         start += chunk
     assert resp.status_code == 201
     assert resp.json()["file"]["hashes"]["quickXorHash"] == qxh(data)

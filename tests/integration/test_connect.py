@@ -97,8 +97,10 @@ def test_disconnect_needs_csrf(client, app, user, connect):
 
 @pytest.mark.parametrize(
     ("second", "expected"),
-    [(MEGAN, ("not_synced", None)),  # another account: the links point into the wrong drive
-     (ALEX, ("synced", "ITEM1"))],  # the same account: the links still hold
+    [
+        (MEGAN, ("not_synced", None)),  # another account: the links point into the wrong drive
+        (ALEX, ("synced", "ITEM1")),
+    ],  # the same account: the links still hold
 )
 def test_reconnect_keeps_links_only_for_the_same_account(
     client, app, user, connect, make_file, second, expected
@@ -165,5 +167,4 @@ def test_browse_pages_through_the_folder(client, app, user, connect, emu, monkey
         seen += [n for n in names if f'data-name="{n}"' in html]
     assert sorted(seen) == names
     other = "http://evil.example/v1.0/me/drive/root/children"
-    assert client.get("/settings/onedrive/browse", query_string={"next": other}
-                      ).status_code == 404
+    assert client.get("/settings/onedrive/browse", query_string={"next": other}).status_code == 404

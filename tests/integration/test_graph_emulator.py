@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 import requests
 
-from onedrive_emulator.client import EmulatorAdmin
-from onedrive_emulator.server import EmulatorServer
 from drivesync.graph import oauth
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import GraphError, InsufficientStorageError
 from drivesync.graph.quickxor import QuickXorHash
 from drivesync.graph.retry import Pacer
 from drivesync.graph.upload import UploadResult, upload_file
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 from tests.fixtures_emulator import CALLBACK as REDIRECT_URI
 from tests.fixtures_emulator import CLIENT_ID, CLIENT_SECRET
 

@@ -11,11 +11,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from onedrive_emulator.client import EmulatorAdmin
-from onedrive_emulator.server import EmulatorServer
 from drivesync.graph import oauth
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import AuthError, GraphError
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 
 pytestmark = pytest.mark.emulator
 

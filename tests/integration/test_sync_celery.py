@@ -16,13 +16,13 @@ import pytest
 from flask import Flask
 
 from drivesync import tasks
-from onedrive_emulator.client import EmulatorAdmin
-from onedrive_emulator.server import EmulatorServer
 from drivesync.extensions import db
 from drivesync.graph.client import GraphClient
 from drivesync.models import File, Integration
 from drivesync.scope import user_scope
 from drivesync.services import sync
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 from tests.fixtures_emulator import ALEX, CLIENT_ID, connected_user
 
 pytestmark = [pytest.mark.celery, pytest.mark.slow, pytest.mark.emulator]
@@ -127,8 +127,13 @@ def wait_for_run(app: Flask, uid: int, run_id: int, tmp_path: Path, timeout: flo
 
 
 def test_celery_worker_executes_a_run(
-    app: Flask, celery_app: Any, worker: subprocess.Popen[bytes], emu: EmulatorAdmin,
-    user: int, make_file: Callable[..., int], tmp_path: Path,
+    app: Flask,
+    celery_app: Any,
+    worker: subprocess.Popen[bytes],
+    emu: EmulatorAdmin,
+    user: int,
+    make_file: Callable[..., int],
+    tmp_path: Path,
 ) -> None:
     """Sync All queued on Redis is executed by the worker process and lands on OneDrive intact."""
     make_file(user, "big.bin", os.urandom(6 * 1024 * 1024))

@@ -9,8 +9,6 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from onedrive_emulator.client import EmulatorAdmin
-from onedrive_emulator.server import EmulatorServer
 from drivesync.extensions import db
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import AuthError
@@ -19,6 +17,8 @@ from drivesync.models import File, Integration
 from drivesync.scope import user_scope
 from drivesync.services import library, sync
 from drivesync.services.storage import LocalStorage
+from onedrive_emulator.client import EmulatorAdmin
+from onedrive_emulator.server import EmulatorServer
 from tests.fixtures_emulator import ALEX, CLIENT_ID, connected_user
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -151,7 +151,6 @@ def test_revoked_consent_stops_the_run(
         integration = db.session.execute(db.select(Integration)).scalar_one()
         assert integration.status == "needs_reauth"
     assert all(
-        (f.onedrive_sync_status, f.onedrive_error) == ("not_synced", None)
-        for f in files(app, user)
+        (f.onedrive_sync_status, f.onedrive_error) == ("not_synced", None) for f in files(app, user)
     )
     assert remote_by_name(emu) == {}

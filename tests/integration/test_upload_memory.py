@@ -20,8 +20,8 @@ CHUNK = 1024 * 1024
 
 def _multipart(token: str, boundary: str) -> Iterator[bytes]:
     yield (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{token}\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.bin"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
     block = bytes(range(256)) * (CHUNK // 256)
@@ -61,8 +61,11 @@ def test_200_mib_upload_keeps_memory_flat(app, make_user):
         s = requests.Session()
         html = s.get(f"{base}/login").text
         token = re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-        r = s.post(f"{base}/login", data={"csrf_token": token, "email": "big@example.com",
-                                          "password": PASSWORD}, allow_redirects=False)
+        r = s.post(
+            f"{base}/login",
+            data={"csrf_token": token, "email": "big@example.com", "password": PASSWORD},
+            allow_redirects=False,
+        )
         assert r.status_code == 303
         token = re.search(r'name="csrf_token" value="([^"]+)"', s.get(f"{base}/library/").text)[1]
         boundary = "drivesyncboundary7MA4YWxkTrZu0gW"
@@ -78,7 +81,7 @@ def test_200_mib_upload_keeps_memory_flat(app, make_user):
         )
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        assert r.status_code == 303, r.text[r.text.find("<main"):][:800]
+        assert r.status_code == 303, r.text[r.text.find("<main") :][:800]
     finally:
         server.shutdown()
     growth_mib = (peak - baseline) / 1024 / 1024

@@ -13,8 +13,9 @@ from drivesync.vault import new_key
 
 
 def _token(client, path: str = "/login") -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"',
-                     client.get(path).get_data(as_text=True)).group(1)
+    return re.search(
+        r'name="csrf_token" value="([^"]+)"', client.get(path).get_data(as_text=True)
+    ).group(1)
 
 
 @pytest.fixture
@@ -56,9 +57,12 @@ def test_redirect_uri_behind_one_proxy(prod_app):
     page = client.get("/settings/onedrive/", headers=fwd, base_url="https://internal")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))[1]
     # Over HTTPS, Flask-WTF also wants a same-origin Referer (browsers send it: same-origin policy).
-    r = client.post("/settings/onedrive/connect", data={"csrf_token": token},
-                    headers={**fwd, "Referer": "https://app.example/settings/onedrive/"},
-                    base_url="https://internal")
+    r = client.post(
+        "/settings/onedrive/connect",
+        data={"csrf_token": token},
+        headers={**fwd, "Referer": "https://app.example/settings/onedrive/"},
+        base_url="https://internal",
+    )
     assert r.status_code == 303
     location = r.headers["Location"]
     assert location.startswith("https://login.microsoftonline.com/common/oauth2/v2.0/authorize?")
@@ -74,9 +78,15 @@ def test_per_account_limit_holds_across_addresses(client, make_user):
     token = _token(client)
     codes = []
     for i in range(5):
-        r = client.post("/login", data={"csrf_token": token, "email": "Victim@Example.com",
-                                        "password": f"guess number {i}"},
-                        environ_base={"REMOTE_ADDR": f"203.0.113.{i + 1}"})
+        r = client.post(
+            "/login",
+            data={
+                "csrf_token": token,
+                "email": "Victim@Example.com",
+                "password": f"guess number {i}",
+            },
+            environ_base={"REMOTE_ADDR": f"203.0.113.{i + 1}"},
+        )
         codes.append(r.status_code)
     assert codes == [401, 401, 401, 429, 429]
 
@@ -88,8 +98,10 @@ def test_per_address_limit_holds_across_accounts(client, make_user):
     """Spraying many accounts from one address hits the address's limit."""
     token = _token(client)
     codes = [
-        client.post("/login", data={"csrf_token": token, "email": f"user{i}@example.com",
-                                    "password": "Winter2026!"}).status_code
+        client.post(
+            "/login",
+            data={"csrf_token": token, "email": f"user{i}@example.com", "password": "Winter2026!"},
+        ).status_code
         for i in range(5)
     ]
     assert codes == [401, 401, 401, 429, 429]

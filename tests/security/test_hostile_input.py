@@ -16,8 +16,10 @@ from tests.fixtures_emulator import ALEX, consent, csrf_from, query
 
 def state_of(app: Flask, uid: int) -> tuple[Any, ...]:
     """Return the user's rows and the storage folder's contents, for before/after checks."""
-    files = sorted((f.id, f.original_name, f.size, f.version, f.stored_path,
-                    f.onedrive_sync_status) for f in db_rows(app, File, uid))
+    files = sorted(
+        (f.id, f.original_name, f.size, f.version, f.stored_path, f.onedrive_sync_status)
+        for f in db_rows(app, File, uid)
+    )
     integ = sorted((i.id, i.status, i.account_email) for i in db_rows(app, Integration, uid))
     root = Path(app.config["STORAGE_DIR"])
     stored = sorted(str(p) for p in root.rglob("*") if p.is_file()) if root.exists() else []
@@ -46,8 +48,10 @@ def alice(make_user, login):
 )
 def test_hostile_names_are_display_only(client, app, alice, raw, shown):
     """A hostile name is cleaned for display; the bytes go under a generated name."""
-    r = client.post("/library/upload", data={
-        "csrf_token": csrf_token(client), "files": [(io.BytesIO(b"x"), raw)]})
+    r = client.post(
+        "/library/upload",
+        data={"csrf_token": csrf_token(client), "files": [(io.BytesIO(b"x"), raw)]},
+    )
     assert r.status_code == 303
     [f] = db_rows(app, File, alice)
     assert f.original_name == shown
@@ -64,14 +68,16 @@ def test_invalid_utf8_name_is_refused_cleanly(client, app, alice):
     before = state_of(app, alice)
     boundary = "b0undary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{token}\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\""
-    ).encode() + b"bad\xff\xfename.txt" + (
-        "\"\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
-        f"--{boundary}--\r\n"
-    ).encode()
-    r = client.post("/library/upload", data=body,
-                    content_type=f"multipart/form-data; boundary={boundary}")
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="'
+        ).encode()
+        + b"bad\xff\xfename.txt"
+        + (f'"\r\nContent-Type: text/plain\r\n\r\nhello\r\n--{boundary}--\r\n').encode()
+    )
+    r = client.post(
+        "/library/upload", data=body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
     assert r.status_code == 400
     assert state_of(app, alice) == before
 
@@ -83,13 +89,16 @@ def test_lying_content_length(client, app, alice, declared):
     before = state_of(app, alice)
     boundary = "b0undary"
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"csrf_token\"\r\n\r\n{token}\r\n"
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.txt\"\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="x.txt"\r\n'
         "Content-Type: text/plain\r\n\r\n" + "y" * 5000 + f"\r\n--{boundary}--\r\n"
     ).encode()
-    r = client.post("/library/upload", input_stream=io.BytesIO(body),
-                    content_type=f"multipart/form-data; boundary={boundary}",
-                    environ_overrides={"CONTENT_LENGTH": declared})
+    r = client.post(
+        "/library/upload",
+        input_stream=io.BytesIO(body),
+        content_type=f"multipart/form-data; boundary={boundary}",
+        environ_overrides={"CONTENT_LENGTH": declared},
+    )
     assert 400 <= r.status_code < 500
     assert state_of(app, alice) == before
 
@@ -98,24 +107,37 @@ def test_oversized_body_413(client, app, alice):
     """A body over the limit gets the 413 page and stores nothing."""
     app.config["MAX_CONTENT_LENGTH"] = 50_000
     before = state_of(app, alice)
-    r = client.post("/library/upload", data={
-        "csrf_token": csrf_token(client), "files": [(io.BytesIO(b"z" * 100_000), "big.bin")]})
+    r = client.post(
+        "/library/upload",
+        data={"csrf_token": csrf_token(client), "files": [(io.BytesIO(b"z" * 100_000), "big.bin")]},
+    )
     assert r.status_code == 413 and "File too large" in r.get_data(as_text=True)
     assert state_of(app, alice) == before
 
 
 @pytest.mark.parametrize(
     "path",
-    ["/library/upload", "/logout", "/settings/onedrive/connect", "/settings/onedrive/disconnect",
-     "/settings/onedrive/sync", "/settings/onedrive/import", "/library/1/delete",
-     "/settings/onedrive/files/1/retry", "/settings/onedrive/files/1/resolve"],
+    [
+        "/library/upload",
+        "/logout",
+        "/settings/onedrive/connect",
+        "/settings/onedrive/disconnect",
+        "/settings/onedrive/sync",
+        "/settings/onedrive/import",
+        "/library/1/delete",
+        "/settings/onedrive/files/1/retry",
+        "/settings/onedrive/files/1/resolve",
+    ],
 )
 def test_missing_or_wrong_csrf_token(client, app, alice, make_file, path):
     """Every state-changing route refuses a POST without a valid CSRF token."""
     make_file(alice)
     before = state_of(app, alice)
-    for data, headers in (({}, {}), ({"csrf_token": "forged"}, {}),
-                          ({}, {"HX-Request": "true", "X-CSRFToken": "forged"})):
+    for data, headers in (
+        ({}, {}),
+        ({"csrf_token": "forged"}, {}),
+        ({}, {"HX-Request": "true", "X-CSRFToken": "forged"}),
+    ):
         r = client.post(path, data=data, headers=headers)
         assert r.status_code == 400, (path, data, headers)
     assert state_of(app, alice) == before
@@ -138,10 +160,15 @@ def test_tampered_session_cookie_is_anonymous(client, app, make_user):
 def test_nul_and_overlong_form_fields(client, app):
     """NUL bytes and huge values in sign-up fields get field errors, not a crash."""
     token = csrf_token(client, "/signup")
-    for email, password in (("a\x00@example.com", PASSWORD), ("x" * 10_000, PASSWORD),
-                            ("ok@example.com", "p\x00" * 10)):
-        r = client.post("/signup", data={"csrf_token": token, "email": email,
-                                         "password": password, "confirm": password})
+    for email, password in (
+        ("a\x00@example.com", PASSWORD),
+        ("x" * 10_000, PASSWORD),
+        ("ok@example.com", "p\x00" * 10),
+    ):
+        r = client.post(
+            "/signup",
+            data={"csrf_token": token, "email": email, "password": password, "confirm": password},
+        )
         assert r.status_code == 400
     assert db_rows(app, User) == []
 
@@ -159,8 +186,10 @@ def test_replayed_authorization_code(client, app, alice, emulator_config, emu):
     token = csrf_from(client.get("/settings/onedrive/").get_data(as_text=True))
     r = client.post("/settings/onedrive/connect", data={"csrf_token": token})
     q = query(consent(r.headers["Location"], ALEX))
-    assert client.get(f"/settings/onedrive/callback?code={q['code']}&state={q['state']}"
-                      ).status_code == 303
+    assert (
+        client.get(f"/settings/onedrive/callback?code={q['code']}&state={q['state']}").status_code
+        == 303
+    )
     before = state_of(app, alice)
     tokens_before = [(t.id, t.expires_at) for t in db_rows(app, OAuthToken, alice)]
     r = client.post("/settings/onedrive/connect", data={"csrf_token": token})
@@ -178,9 +207,17 @@ def test_onedrive_invalid_name_gets_a_reason(client, app, alice, emulator_config
     app.config.update(emulator_config)
     assert connect(ALEX).status_code == 303
     token = csrf_from(client.get("/settings/onedrive/").get_data(as_text=True))
-    client.post("/library/upload", data={"csrf_token": token, "files": [
-        (io.BytesIO(b"ok"), "fine.txt"), (io.BytesIO(b"no"), "bad:name?.txt"),
-        (io.BytesIO(b"no"), "desktop.ini")]})
+    client.post(
+        "/library/upload",
+        data={
+            "csrf_token": token,
+            "files": [
+                (io.BytesIO(b"ok"), "fine.txt"),
+                (io.BytesIO(b"no"), "bad:name?.txt"),
+                (io.BytesIO(b"no"), "desktop.ini"),
+            ],
+        },
+    )
     r = client.post("/settings/onedrive/sync", data={"csrf_token": token})
     assert r.status_code == 303
     files = {f.original_name: f for f in db_rows(app, File, alice)}

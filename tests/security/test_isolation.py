@@ -39,10 +39,16 @@ def snapshot(app: Flask, user_id: int) -> list[Any]:
         for row in db_rows(app, model, user_id):
             with app.app_context(), user_scope(user_id):
                 row = db.session.merge(row, load=False)
-                rows.append((model.__name__, sorted(
-                    (c.key, str(getattr(row, c.key))) for c in model.__table__.columns
-                    if c.key not in ("access_token_encrypted", "refresh_token_encrypted")
-                )))
+                rows.append(
+                    (
+                        model.__name__,
+                        sorted(
+                            (c.key, str(getattr(row, c.key)))
+                            for c in model.__table__.columns
+                            if c.key not in ("access_token_encrypted", "refresh_token_encrypted")
+                        ),
+                    )
+                )
     return rows
 
 
@@ -59,8 +65,10 @@ def two_users(app, make_user, emu):
     ids = {}
     for status in ("not_synced", "error", "conflict", "synced"):
         token = csrf_from(client_a.get("/library/").get_data(as_text=True))
-        client_a.post("/library/upload", data={
-            "csrf_token": token, "files": [(io.BytesIO(status.encode()), f"{status}.txt")]})
+        client_a.post(
+            "/library/upload",
+            data={"csrf_token": token, "files": [(io.BytesIO(status.encode()), f"{status}.txt")]},
+        )
     with app.app_context(), user_scope(a):
         for f in db.session.execute(db.select(File)).scalars():
             status = f.original_name.removesuffix(".txt")
@@ -86,12 +94,20 @@ def test_isolation_matrix(app, two_users, emu):
         calls += [
             ("GET", f"/library/{fid}/download", None),
             ("POST", f"/library/{fid}/delete", {"csrf_token": token}),
-            ("POST", f"/library/{fid}/replace",
-             {"csrf_token": token, "file": (io.BytesIO(b"evil"), "x.txt")}),
+            (
+                "POST",
+                f"/library/{fid}/replace",
+                {"csrf_token": token, "file": (io.BytesIO(b"evil"), "x.txt")},
+            ),
             ("POST", f"/settings/onedrive/files/{fid}/retry", {"csrf_token": token}),
-            *[("POST", f"/settings/onedrive/files/{fid}/resolve",
-               {"csrf_token": token, "action": action})
-              for action in ("keep_both", "replace", "skip")],
+            *[
+                (
+                    "POST",
+                    f"/settings/onedrive/files/{fid}/resolve",
+                    {"csrf_token": token, "action": action},
+                )
+                for action in ("keep_both", "replace", "skip")
+            ],
         ]
     calls += [
         ("POST", "/settings/onedrive/import", {"csrf_token": token, "item_id": folder["id"]}),

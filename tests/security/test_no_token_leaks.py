@@ -49,8 +49,9 @@ def test_full_connect_and_sync_leaks_nothing(
     responses.append(connect(ALEX))
     seen |= _secrets(emulator)
     token = csrf_from(get("/settings/onedrive/").get_data(as_text=True))
-    post("/library/upload", data={"csrf_token": token,
-                                  "files": [(io.BytesIO(b"note"), "note.txt")]})
+    post(
+        "/library/upload", data={"csrf_token": token, "files": [(io.BytesIO(b"note"), "note.txt")]}
+    )
     emu.expire_access_tokens(0)  # the stored token dies: the sync meets a 401 and refreshes
     emu.expire_access_tokens(3600)  # … and the new one lives
     seen |= _secrets(emulator)
@@ -63,8 +64,9 @@ def test_full_connect_and_sync_leaks_nothing(
     emu.modify_item(ALEX, "/drivesync/extra.txt", b"from elsewhere")
     page = get("/settings/onedrive/browse").get_data(as_text=True)
     item_id = page.split('data-name="extra.txt"', 1)[1].split('name="item_id" value="', 1)[1]
-    post("/settings/onedrive/import", data={"csrf_token": token,
-                                            "item_id": item_id.split('"', 1)[0]})
+    post(
+        "/settings/onedrive/import", data={"csrf_token": token, "item_id": item_id.split('"', 1)[0]}
+    )
     seen |= _secrets(emulator)
     for path in ("/library/", "/settings/onedrive/"):
         get(path)

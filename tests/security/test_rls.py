@@ -91,10 +91,16 @@ def test_app_role_cannot_bypass_rls(app_engine: Engine):
             text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
         ).one()
         assert (role.rolsuper, role.rolbypassrls) == (False, False)
-        owned = conn.execute(
-            text("SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
-                 "AND tableowner = current_user")
-        ).scalars().all()
+        owned = (
+            conn.execute(
+                text(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = 'public' "
+                    "AND tableowner = current_user"
+                )
+            )
+            .scalars()
+            .all()
+        )
         assert owned == []
         conn.rollback()
         with pytest.raises(ProgrammingError, match="must be owner"):
@@ -112,8 +118,10 @@ def test_rls_is_enabled_and_forced(app_engine: Engine):
         flags = {
             r.relname: (r.relrowsecurity, r.relforcerowsecurity)
             for r in conn.execute(
-                text("SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
-                     "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'")
+                text(
+                    "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
+                    "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r'"
+                )
             )
         }
         policies = conn.execute(
@@ -132,7 +140,8 @@ def test_unscoped_select_returns_no_rows(app_engine: Engine, users: tuple[int, i
     assert _visible(app_engine, table, b) == [b]
     with app_engine.connect() as conn:
         assert conn.execute(text("SELECT current_setting('app.user_id', true)")).scalar() in (
-            None, "",
+            None,
+            "",
         )
         assert conn.execute(text(f"SELECT * FROM {table}")).all() == []
         conn.rollback()
@@ -163,9 +172,7 @@ def _copy_row_sql(table: str) -> str:
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_insert_for_another_user_is_refused(
-    app_engine: Engine, users: tuple[int, int], table: str
-):
+def test_insert_for_another_user_is_refused(app_engine: Engine, users: tuple[int, int], table: str):
     """Scoped to A, inserting a row that belongs to B violates the policy's WITH CHECK."""
     a, b = users
     with app_engine.connect() as conn:

@@ -62,9 +62,13 @@ def _key_id(app: Flask) -> str:
 def _raw_token_row(app: Flask, user_id: int) -> dict[str, Any]:
     """Return the user's oauth_tokens row exactly as stored, every column."""
     with app.app_context(), user_scope(user_id):
-        row = db.session.execute(
-            text("SELECT * FROM oauth_tokens WHERE user_id = :u"), {"u": user_id}
-        ).mappings().one()
+        row = (
+            db.session.execute(
+                text("SELECT * FROM oauth_tokens WHERE user_id = :u"), {"u": user_id}
+            )
+            .mappings()
+            .one()
+        )
         return dict(row)
 
 
@@ -74,8 +78,11 @@ def _tokens_through_the_app(app: Flask, user_id: int, integration_id: int) -> tu
 
     def refresher(settings: Any, refresh_token: str) -> dict[str, Any]:
         seen.append(refresh_token)
-        return {"access_token": _secret("access"), "refresh_token": refresh_token,
-                "expires_in": 3600}
+        return {
+            "access_token": _secret("access"),
+            "refresh_token": refresh_token,
+            "expires_in": 3600,
+        }
 
     with app.app_context(), user_scope(user_id):
         access = integrations.TokenProvider(user_id, integration_id)()
@@ -130,9 +137,23 @@ def test_pg_dump_holds_no_token_in_clear(app: Flask, make_user: Callable[..., in
         env["PGPASSWORD"] = str(url.password)
     # FORCE row-level security applies to the owner too: dump what the user's scope may see.
     dump = subprocess.run(
-        ["pg_dump", "--no-owner", "--enable-row-security", "-h", url.host or "127.0.0.1",
-         "-p", str(url.port or 5432), "-U", url.username or "", url.database or ""],
-        env=env, check=True, capture_output=True, text=True, timeout=120,
+        [
+            "pg_dump",
+            "--no-owner",
+            "--enable-row-security",
+            "-h",
+            url.host or "127.0.0.1",
+            "-p",
+            str(url.port or 5432),
+            "-U",
+            url.username or "",
+            url.database or "",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     assert "COPY public.oauth_tokens" in dump
     assert ciphertext in dump
@@ -150,10 +171,15 @@ def test_ciphertext_copied_to_another_row_does_not_decrypt(
     with app.app_context(), user_scope(b):
         assert integrations.TokenProvider(b, integration_b)() == access_b
         db.session.execute(
-            text("UPDATE oauth_tokens SET access_token_encrypted = :a, "
-                 "refresh_token_encrypted = :r WHERE integration_id = :i"),
-            {"a": stolen["access_token_encrypted"], "r": stolen["refresh_token_encrypted"],
-             "i": integration_b},
+            text(
+                "UPDATE oauth_tokens SET access_token_encrypted = :a, "
+                "refresh_token_encrypted = :r WHERE integration_id = :i"
+            ),
+            {
+                "a": stolen["access_token_encrypted"],
+                "r": stolen["refresh_token_encrypted"],
+                "i": integration_b,
+            },
         )
         db.session.commit()
         with pytest.raises(VaultError) as caught:

@@ -46,8 +46,12 @@ def test_signup_normalises_email_and_signs_in(client, app):
     token = _token(client, "/signup")
     r = client.post(
         "/signup",
-        data={"csrf_token": token, "email": "  Alice@Example.COM ", "password": PASSWORD,
-              "confirm": PASSWORD},
+        data={
+            "csrf_token": token,
+            "email": "  Alice@Example.COM ",
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+        },
     )
     assert r.status_code == 303
     [user] = db_rows(app, User)
@@ -63,8 +67,12 @@ def test_signup_duplicate_email(client, make_user):
     token = _token(client, "/signup")
     r = client.post(
         "/signup",
-        data={"csrf_token": token, "email": "BOB@example.com", "password": PASSWORD,
-              "confirm": PASSWORD},
+        data={
+            "csrf_token": token,
+            "email": "BOB@example.com",
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+        },
     )
     assert r.status_code == 400
     assert "already exists" in r.get_data(as_text=True)

@@ -40,8 +40,9 @@ def test_tokens_rotate_key(app, make_user):
         integration = Integration(user_id=uid, provider="onedrive")
         db.session.add(integration)
         db.session.flush()
-        integrations.save_token(integration, {"access_token": "AT", "refresh_token": "RT",
-                                               "expires_in": 3600})
+        integrations.save_token(
+            integration, {"access_token": "AT", "refresh_token": "RT", "expires_in": 3600}
+        )
         db.session.commit()
     new = new_key()
     app.config["TOKEN_KEYS"] = f"{new},{old}"
@@ -53,8 +54,9 @@ def test_tokens_rotate_key(app, make_user):
     assert "re-encrypted 0 of 1" in r.output
 
 
-@pytest.mark.parametrize("args", [["sync", "status", "nobody@example.com"],
-                                  ["sync", "run", "nobody@example.com"]])
+@pytest.mark.parametrize(
+    "args", [["sync", "status", "nobody@example.com"], ["sync", "run", "nobody@example.com"]]
+)
 def test_sync_commands_refuse_unknown_users(app, args: list[Any]):
     """The sync commands name the problem when the user does not exist."""
     r = app.test_cli_runner().invoke(args=args)

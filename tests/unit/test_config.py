@@ -75,8 +75,12 @@ def test_bad_values_are_clear_errors(env, message):
 
 def test_proxy_fix_only_when_configured(tmp_path):
     """ProxyFix trusts exactly PROXY_COUNT hops, and none by default."""
-    base = {"TESTING": True, "SECRET_KEY": "s" * 40, "INSTANCE_DIR": str(tmp_path),
-            "SQLALCHEMY_DATABASE_URI": "sqlite://"}
+    base = {
+        "TESTING": True,
+        "SECRET_KEY": "s" * 40,
+        "INSTANCE_DIR": str(tmp_path),
+        "SQLALCHEMY_DATABASE_URI": "sqlite://",
+    }
     app = create_app(base)
     assert type(app.wsgi_app).__name__ != "ProxyFix"
     app = create_app({**base, "PROXY_COUNT": 1})
@@ -85,8 +89,12 @@ def test_proxy_fix_only_when_configured(tmp_path):
 
 def test_development_secret_key_is_generated_once(tmp_path):
     """Development without a secret key generates one into the instance folder and reuses it."""
-    base = {"TESTING": True, "SECRET_KEY": "", "INSTANCE_DIR": str(tmp_path),
-            "SQLALCHEMY_DATABASE_URI": "sqlite://"}
+    base = {
+        "TESTING": True,
+        "SECRET_KEY": "",
+        "INSTANCE_DIR": str(tmp_path),
+        "SQLALCHEMY_DATABASE_URI": "sqlite://",
+    }
     first = create_app(base).config["SECRET_KEY"]
     second = create_app(base).config["SECRET_KEY"]
     assert first == second and len(first) >= 32

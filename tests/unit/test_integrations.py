@@ -32,8 +32,9 @@ def connected(app: Flask, make_user: Callable[..., int]) -> tuple[int, int]:
         integration = Integration(user_id=uid, provider="onedrive", folder_id="F")
         db.session.add(integration)
         db.session.flush()
-        integrations.save_token(integration, {"access_token": "A0", "refresh_token": "R0",
-                                               "expires_in": 3600})
+        integrations.save_token(
+            integration, {"access_token": "A0", "refresh_token": "R0", "expires_in": 3600}
+        )
         db.session.commit()
         return uid, integration.id
 
@@ -67,8 +68,10 @@ def _tokens(app: Flask, uid: int, iid: int) -> tuple[str, str | None]:
     with app.app_context(), user_scope(uid):
         row = integrations._load_token_row(iid, lock=False)
         v = integrations.vault()
-        return (v.decrypt(row.access_token_encrypted, f"oauth_tokens:{iid}:a"),
-                v.decrypt(row.refresh_token_encrypted, f"oauth_tokens:{iid}:r"))
+        return (
+            v.decrypt(row.access_token_encrypted, f"oauth_tokens:{iid}:a"),
+            v.decrypt(row.refresh_token_encrypted, f"oauth_tokens:{iid}:r"),
+        )
 
 
 def test_fresh_token_is_used_as_is(app, connected):

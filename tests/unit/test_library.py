@@ -78,8 +78,11 @@ def test_upload_hostile_names(client, app, alice, name, shown):
 @pytest.mark.parametrize("name", ["..", ".", "\x00\x01"])
 def test_upload_unusable_name_refused(client, app, alice, name):
     """A name with nothing usable in it is refused and leaves no bytes behind."""
-    r = client.post("/library/upload", data=upload_payload([(name, b"data")], csrf_token(client)),
-                    follow_redirects=True)
+    r = client.post(
+        "/library/upload",
+        data=upload_payload([(name, b"data")], csrf_token(client)),
+        follow_redirects=True,
+    )
     assert "no usable name" in r.get_data(as_text=True)
     assert db_rows(app, File, alice) == []
     assert stored_files(app) == [] and incoming_files(app) == []

@@ -48,8 +48,15 @@ def connect(app: Flask) -> Callable[..., None]:
 
     def _connect(user_id: int, status: str = "active") -> None:
         with app.app_context(), user_scope(user_id):
-            db.session.add(Integration(user_id=user_id, status=status, folder_id=FOLDER_ID,
-                                       drive_type="personal", account_email="a@example.com"))
+            db.session.add(
+                Integration(
+                    user_id=user_id,
+                    status=status,
+                    folder_id=FOLDER_ID,
+                    drive_type="personal",
+                    account_email="a@example.com",
+                )
+            )
             db.session.commit()
 
     return _connect
@@ -168,7 +175,9 @@ def test_nothing_pending_creates_no_run(
 
 
 def test_request_needs_an_active_integration(
-    app: Flask, make_user: Callable[..., int], connect: Callable[..., None],
+    app: Flask,
+    make_user: Callable[..., int],
+    connect: Callable[..., None],
     make_file: Callable[..., int],
 ) -> None:
     """Sync is refused without an integration, and with one that needs reconnecting."""
@@ -509,7 +518,11 @@ def test_drive_factory_needing_reauth_stops_the_run(
     ids=["quota", "integrity", "too-large", "denied", "retries-exhausted", "network"],
 )
 def test_upload_failures_become_errors_with_human_reasons(
-    app: Flask, fake: FakeDrive, user: int, make_file: Callable[..., int], ctx: None,
+    app: Flask,
+    fake: FakeDrive,
+    user: int,
+    make_file: Callable[..., int],
+    ctx: None,
     exc: GraphError,
 ) -> None:
     """Each failure kind leaves the file in error with the exception's human sentence."""
@@ -620,8 +633,12 @@ def test_progress_reads_use_a_constant_number_of_statements(
 
 
 def test_other_users_cannot_touch_a_users_files(
-    app: Flask, fake: FakeDrive, user: int, make_user: Callable[..., int],
-    connect: Callable[..., None], make_file: Callable[..., int],
+    app: Flask,
+    fake: FakeDrive,
+    user: int,
+    make_user: Callable[..., int],
+    connect: Callable[..., None],
+    make_file: Callable[..., int],
 ) -> None:
     """User B cannot request, retry or resolve user A's files: they do not exist for B."""
     fid = make_file(user)

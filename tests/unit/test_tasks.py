@@ -18,9 +18,14 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
     seen: list[dict[str, Any]] = []
 
     def fake_job(run_id: int, user_id: int, resolve: str | None = None) -> None:
-        seen.append({"args": (run_id, user_id, resolve), "context": has_app_context(),
-                     "app": current_app.name if has_app_context() else None,
-                     "thread": threading.get_ident()})
+        seen.append(
+            {
+                "args": (run_id, user_id, resolve),
+                "context": has_app_context(),
+                "app": current_app.name if has_app_context() else None,
+                "thread": threading.get_ident(),
+            }
+        )
 
     monkeypatch.setattr(tasks, "run_job", fake_job)
     yield seen
@@ -37,8 +42,9 @@ def test_thread_backend_runs_the_job_in_an_app_context(
         future = tasks.enqueue_run(7, 3, resolve="replace")
     assert future is not None
     future.result(timeout=10)
-    assert calls == [{"args": (7, 3, "replace"), "context": True, "app": app.name,
-                      "thread": calls[0]["thread"]}]
+    assert calls == [
+        {"args": (7, 3, "replace"), "context": True, "app": app.name, "thread": calls[0]["thread"]}
+    ]
     assert calls[0]["thread"] != threading.get_ident()
 
 
@@ -62,8 +68,9 @@ def test_celery_backend_builds_without_a_broker(app: Flask, calls: list[dict[str
     assert conf.task_ignore_result
     task = celery_app.tasks[tasks.EXECUTE_RUN]
     task(5, 6)  # runs in-process: FlaskTask pushes the app context itself
-    assert calls == [{"args": (5, 6, None), "context": True, "app": app.name,
-                      "thread": threading.get_ident()}]
+    assert calls == [
+        {"args": (5, 6, None), "context": True, "app": app.name, "thread": threading.get_ident()}
+    ]
 
 
 def test_unknown_backend_is_refused(app: Flask) -> None:
@@ -73,9 +80,7 @@ def test_unknown_backend_is_refused(app: Flask) -> None:
         tasks.init_app(app)
 
 
-def test_thread_backend_executes_a_real_run(
-    app: Flask, make_user: Any, make_file: Any
-) -> None:
+def test_thread_backend_executes_a_real_run(app: Flask, make_user: Any, make_file: Any) -> None:
     """Sync All on the thread backend returns at once and the run finishes in the background."""
     from drivesync.extensions import db
     from drivesync.models import Integration

@@ -312,12 +312,18 @@ def test_urllib3_request_lines_lose_their_query_string() -> None:
 @pytest.mark.parametrize(
     ("path", "kept"),
     [
-        ("/_download/eyJkIjogIjE0ZThjMDdmZjFmZDdmNzMiLCAiaSI6.GT3_uXC9tF0eE22aeivLQTWnHVvK3H",
-         "/_download/[redacted]"),
-        ("/y4mQ3ZpZGVvX2Zyb20tcGhvbmUuanBnP2Rvd25sb2FkPTEmYXV0aD1zZWNyZXQ/photo.jpg",
-         "/[redacted]/photo.jpg"),
-        ("/v1.0/drives/b!x/items/01BYE5RZ6QN3ZWBTUFOFD3GSPGOHDJD36K/content",
-         "/v1.0/drives/b!x/items/01BYE5RZ6QN3ZWBTUFOFD3GSPGOHDJD36K/content"),
+        (
+            "/_download/eyJkIjogIjE0ZThjMDdmZjFmZDdmNzMiLCAiaSI6.GT3_uXC9tF0eE22aeivLQTWnHVvK3H",
+            "/_download/[redacted]",
+        ),
+        (
+            "/y4mQ3ZpZGVvX2Zyb20tcGhvbmUuanBnP2Rvd25sb2FkPTEmYXV0aD1zZWNyZXQ/photo.jpg",
+            "/[redacted]/photo.jpg",
+        ),
+        (
+            "/v1.0/drives/b!x/items/01BYE5RZ6QN3ZWBTUFOFD3GSPGOHDJD36K/content",
+            "/v1.0/drives/b!x/items/01BYE5RZ6QN3ZWBTUFOFD3GSPGOHDJD36K/content",
+        ),
     ],
 )
 def test_urllib3_request_lines_lose_credentials_in_paths(path: str, kept: str) -> None:
@@ -327,8 +333,13 @@ def test_urllib3_request_lines_lose_credentials_in_paths(path: str, kept: str) -
     from drivesync.graph.logsafe import StripQueryFilter
 
     record = logging.LogRecord(
-        "urllib3.connectionpool", logging.DEBUG, __file__, 1, '%s://%s:%s "%s %s %s" %s %s',
-        ("https", "host", 443, "GET", path, "HTTP/1.1", 200, 0), None,
+        "urllib3.connectionpool",
+        logging.DEBUG,
+        __file__,
+        1,
+        '%s://%s:%s "%s %s %s" %s %s',
+        ("https", "host", 443, "GET", path, "HTTP/1.1", 200, 0),
+        None,
     )
     assert StripQueryFilter().filter(record)
     assert kept in record.getMessage()
