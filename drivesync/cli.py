@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import text
 
+from . import tasks
 from .extensions import db
+from .models import User
+from .scope import user_scope
 from .services import accounts as accounts_service
+from .services import library, sync
 from .services.errors import ValidationError
-from .vault import new_key
+from .services.integrations import rotate_token_keys
+from .vault import VaultError, new_key
 
 ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -63,9 +67,6 @@ def db_grant(role: str) -> None:
 @tokens_cli.command("rotate-key")
 def tokens_rotate_key() -> None:
     """Re-encrypt every stored token with the first key of DRIVESYNC_TOKEN_KEYS."""
-    from .services.integrations import rotate_token_keys
-    from .vault import VaultError
-
     try:
         rotated, total = rotate_token_keys()
     except VaultError as e:
@@ -79,14 +80,10 @@ def tokens_rotate_key() -> None:
 @click.argument("email")
 def sync_run(email: str) -> None:
     """Sync EMAIL's pending files now, in this process, and print the outcome."""
-    from . import tasks
-    from .scope import user_scope
-    from .services import sync
-
     user = _user_by_email(email)
     with user_scope(user.id), tasks.inline():
-        run = sync.request_sync(user.id)
-        run = sync.run_status(user.id, run.id)
+        requested = sync.request_sync(user.id)
+        run = sync.run_status(user.id, requested.id)
     assert run is not None  # noqa: S101 - just created
     click.echo(
         f"run {run.id}: {run.status}, {run.succeeded} synced, {run.failed} failed"
@@ -100,9 +97,6 @@ def sync_run(email: str) -> None:
 @click.argument("email")
 def sync_status(email: str) -> None:
     """Print how many of EMAIL's files are in each sync state."""
-    from .scope import user_scope
-    from .services import library
-
     user = _user_by_email(email)
     with user_scope(user.id):
         counts = library.summary_counts(user.id)
@@ -110,9 +104,7 @@ def sync_status(email: str) -> None:
         click.echo(f"{status:11} {counts.get(status, 0)}")
 
 
-def _user_by_email(email: str) -> Any:
-    from .models import User
-
+def _user_by_email(email: str) -> User:
     user = db.session.execute(
         db.select(User).where(User.email == accounts_service.normalise_email(email))
     ).scalar_one_or_none()

@@ -13,6 +13,8 @@ from typing import Any
 
 from dotenv import load_dotenv
 
+from .graph.oauth import DEFAULT_AUTHORITY, DEFAULT_SCOPES, DEFAULT_TENANT
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,12 +73,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Microsoft identity platform and Graph (issue 4 fixes these names).
         "MS_CLIENT_ID": env.get("DRIVESYNC_MS_CLIENT_ID", ""),
         "MS_CLIENT_SECRET": env.get("DRIVESYNC_MS_CLIENT_SECRET", ""),
-        "MS_TENANT": env.get("DRIVESYNC_MS_TENANT", "common"),
-        "MS_AUTHORITY": env.get("DRIVESYNC_MS_AUTHORITY", "https://login.microsoftonline.com"),
+        "MS_TENANT": env.get("DRIVESYNC_MS_TENANT", DEFAULT_TENANT),
+        "MS_AUTHORITY": env.get("DRIVESYNC_MS_AUTHORITY", DEFAULT_AUTHORITY),
         "GRAPH_URL": env.get("DRIVESYNC_GRAPH_URL", "https://graph.microsoft.com/v1.0"),
-        "MS_SCOPES": env.get("DRIVESYNC_MS_SCOPES", "offline_access User.Read Files.ReadWrite"),
+        "MS_SCOPES": env.get("DRIVESYNC_MS_SCOPES", " ".join(DEFAULT_SCOPES)),
         "MS_REDIRECT_URI": env.get("DRIVESYNC_MS_REDIRECT_URI", ""),
-        "ONEDRIVE_FOLDER": env.get("DRIVESYNC_ONEDRIVE_FOLDER", "drivesync"),
+        "ONEDRIVE_FOLDER": env.get("DRIVESYNC_ONEDRIVE_FOLDER") or "drivesync",
         "TOKEN_KEYS": env.get("DRIVESYNC_TOKEN_KEYS", ""),
         "UPLOAD_FRAGMENT_MB": _env_int(env, "DRIVESYNC_UPLOAD_FRAGMENT_MB", 10),
         # Background sync.
@@ -131,6 +133,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_PENDING_LIST_LIMIT must be at least 1")
     if cfg["SYNC_BATCH_LIMIT"] < 1:
         raise ConfigError("DRIVESYNC_SYNC_BATCH_LIMIT must be at least 1")
+    if not str(cfg["ONEDRIVE_FOLDER"]).strip("/"):
+        raise ConfigError("DRIVESYNC_ONEDRIVE_FOLDER must name a folder, e.g. drivesync")
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
         raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
     fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024

@@ -20,7 +20,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from .extensions import db
+from .extensions import Model
 
 SYNC_STATUSES = ("not_synced", "syncing", "synced", "error", "conflict")
 INTEGRATION_STATUSES = ("active", "needs_reauth")
@@ -53,7 +53,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-class User(UserMixin, db.Model):
+class User(UserMixin, Model):
     """A person who signs in. E-mail is stored case-folded and unique."""
 
     __tablename__ = "users"
@@ -67,7 +67,7 @@ class User(UserMixin, db.Model):
         return f"<User {self.id}>"
 
 
-class Integration(db.Model):
+class Integration(Model):
     """One user's connection to a storage provider (one per user and provider)."""
 
     __tablename__ = "integrations"
@@ -108,7 +108,7 @@ class Integration(db.Model):
         return f"<Integration {self.id} {self.provider} {self.status}>"
 
 
-class OAuthToken(db.Model):
+class OAuthToken(Model):
     """Encrypted tokens of one integration. Only the vault reads the ciphertext columns."""
 
     __tablename__ = "oauth_tokens"
@@ -133,7 +133,7 @@ class OAuthToken(db.Model):
         return f"<OAuthToken integration={self.integration_id} key={self.key_id}>"
 
 
-class File(db.Model):
+class File(Model):
     """A file in a user's library, with its OneDrive sync state."""
 
     __tablename__ = "files"
@@ -188,7 +188,7 @@ class File(db.Model):
         return f"<File {self.id} {self.onedrive_sync_status}>"
 
 
-class SyncRun(db.Model):
+class SyncRun(Model):
     """One "Sync All": which files it took, and how far it got."""
 
     __tablename__ = "sync_runs"

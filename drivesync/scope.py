@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import Any
+from contextvars import ContextVar, Token
 
-from sqlalchemy import event, text
-from sqlalchemy.orm import Session
+from flask_sqlalchemy.session import Session as AppSession
+from sqlalchemy import Connection, event, text
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session
 
 _current_user: ContextVar[int | None] = ContextVar("drivesync_scope_user", default=None)
 
@@ -34,20 +34,20 @@ def user_scope(user_id: int | None) -> Iterator[None]:
         reset_scope(token)
 
 
-def set_scope(user_id: int | None) -> Any:
+def set_scope(user_id: int | None) -> Token[int | None]:
     """Set the scope until reset with the returned token (for request hooks)."""
     token = _current_user.set(user_id)
     _apply_to_open_transactions()
     return token
 
 
-def reset_scope(token: Any) -> None:
+def reset_scope(token: Token[int | None]) -> None:
     """Undo ``set_scope``."""
     _current_user.reset(token)
     _apply_to_open_transactions()
 
 
-def _set_config(connection: Any) -> None:
+def _set_config(connection: Connection) -> None:
     uid = _current_user.get()
     connection.execute(
         text("SELECT set_config('app.user_id', :u, true)"), {"u": "" if uid is None else str(uid)}
@@ -70,15 +70,15 @@ def _apply_to_open_transactions() -> None:
                 _set_config(connection)
 
 
-def _after_begin(session: Session, transaction: Any, connection: Any) -> None:
+def _after_begin(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         _set_config(connection)
 
 
-_installed: list[Any] = []
+_installed: list[scoped_session[AppSession]] = []
 
 
-def install(session_target: Any) -> None:
+def install(session_target: scoped_session[AppSession]) -> None:
     """Hand the scope to PostgreSQL at the start of every transaction of ``session_target``
     (a ``scoped_session``), and to its open transaction whenever the scope changes."""
     if not event.contains(session_target, "after_begin", _after_begin):

@@ -28,6 +28,7 @@ from drivesync.graph.retry import parse_retry_after
 logger = logging.getLogger(__name__)
 
 DEFAULT_AUTHORITY = "https://login.microsoftonline.com"
+DEFAULT_TENANT = "common"  # work/school and personal Microsoft accounts
 DEFAULT_SCOPES = ("offline_access", "User.Read", "Files.ReadWrite")
 
 # Grant errors after which only the user can help: they must sign in again.
@@ -48,7 +49,7 @@ class OAuthSettings:
 
     client_id: str
     client_secret: str | None = field(default=None, repr=False)
-    tenant: str = "common"
+    tenant: str = DEFAULT_TENANT
     authority: str = DEFAULT_AUTHORITY
     scopes: list[str] = field(default_factory=lambda: list(DEFAULT_SCOPES))
     redirect_uri: str = ""

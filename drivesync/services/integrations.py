@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import current_app
 from sqlalchemy import update
@@ -21,7 +21,7 @@ from sqlalchemy.orm import undefer
 from ..extensions import db
 from ..graph import oauth
 from ..graph.client import GraphClient
-from ..graph.errors import AuthError, GraphError
+from ..graph.errors import AuthError
 from ..models import File, Integration, OAuthToken, User, utcnow
 from ..scope import user_scope
 from ..vault import Vault, development_keys
@@ -71,9 +71,9 @@ class ConnectStart:
 def vault() -> Vault:
     """Return the vault for the configured token keys (a generated key in development)."""
     cfg = current_app.config
-    keys = cfg.get("TOKEN_KEYS") or ""
+    keys = cfg["TOKEN_KEYS"]
     if not keys:
-        if cfg.get("ENV_NAME") == "production" and not cfg.get("TESTING"):
+        if cfg["ENV_NAME"] == "production" and not cfg["TESTING"]:
             raise ServiceError("Token encryption is not configured.")
         keys = development_keys(cfg["INSTANCE_DIR"])
         cfg["TOKEN_KEYS"] = keys
@@ -83,17 +83,17 @@ def vault() -> Vault:
 def oauth_settings(redirect_uri: str = "") -> oauth.OAuthSettings:
     """Return the identity-platform settings from the app configuration."""
     cfg = current_app.config
-    if not cfg.get("MS_CLIENT_ID"):
+    if not cfg["MS_CLIENT_ID"]:
         raise ServiceError(
             "OneDrive is not configured on this server (DRIVESYNC_MS_CLIENT_ID is missing)."
         )
     return oauth.OAuthSettings(
         client_id=cfg["MS_CLIENT_ID"],
-        client_secret=cfg.get("MS_CLIENT_SECRET") or None,
+        client_secret=cfg["MS_CLIENT_SECRET"] or None,
         tenant=cfg["MS_TENANT"],
         authority=cfg["MS_AUTHORITY"],
         scopes=cfg["MS_SCOPES"].split(),
-        redirect_uri=cfg.get("MS_REDIRECT_URI") or redirect_uri,
+        redirect_uri=cfg["MS_REDIRECT_URI"] or redirect_uri,
     )
 
 
@@ -241,7 +241,7 @@ class TokenProvider:
         logger.info("refreshed OneDrive token for integration %s", self.integration_id)
         return str(new["access_token"])
 
-    def _reauth(self, reason: str) -> None:
+    def _reauth(self, reason: str) -> NoReturn:
         mark_needs_reauth(self.user_id, reason)
         raise AuthError(reason, code="invalid_grant")
 
@@ -288,7 +288,7 @@ def complete_connect(
         folder = client.approot()
         folder_path = "Apps/" + folder.get("name", "drivesync")
     else:
-        folder_path = current_app.config["ONEDRIVE_FOLDER"].strip("/") or "drivesync"
+        folder_path = current_app.config["ONEDRIVE_FOLDER"].strip("/")
         folder = client.ensure_folder(folder_path)
     account_id = str(me.get("id") or "")
     integration = get_integration(user_id)
@@ -358,20 +358,6 @@ def disconnect(user_id: int) -> bool:
     db.session.commit()
     logger.info("user %s disconnected OneDrive", user_id)
     return True
-
-
-def refresh_quota(user_id: int) -> Integration | None:
-    """Re-read the drive's quota (best effort: a failure keeps the old figures)."""
-    try:
-        client, integration = graph_client_for(user_id)
-        quota = client.drive().get("quota") or {}
-    except (ServiceError, GraphError) as exc:
-        logger.info("quota refresh for user %s skipped: %s", user_id, type(exc).__name__)
-        return get_integration(user_id)
-    integration.quota_used = quota.get("used", integration.quota_used)
-    integration.quota_total = quota.get("total", integration.quota_total)
-    db.session.commit()
-    return integration
 
 
 def rotate_token_keys(batch: int = 200) -> tuple[int, int]:

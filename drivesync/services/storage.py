@@ -18,7 +18,6 @@ from ..graph.quickxor import QuickXorHash
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1024 * 1024
 _INCOMING = ".incoming"
 
 
@@ -102,17 +101,6 @@ class LocalStorage:
         """Remove an incoming file that will not be kept."""
         incoming.close()
         incoming.path.unlink(missing_ok=True)
-
-    def save_stream(self, stream: BinaryIO) -> tuple[str, IncomingFile]:
-        """Copy ``stream`` into storage in chunks; return the stored name and its stats."""
-        incoming = self.new_incoming()
-        try:
-            while chunk := stream.read(CHUNK):
-                incoming.write(chunk)
-            return self.commit(incoming), incoming
-        except BaseException:
-            self.discard(incoming)
-            raise
 
     def path(self, name: str) -> Path:
         """Return the absolute path of a stored name, refusing anything but a generated name."""

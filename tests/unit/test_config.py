@@ -65,6 +65,7 @@ def test_production_refuses_unsafe_config(change, message):
         ({"DRIVESYNC_TASK_BACKEND": "rq"}, "TASK_BACKEND"),
         ({"DRIVESYNC_DATABASE_URL": "postgres://x@y/z"}, "postgresql\\+psycopg"),
         ({"DRIVESYNC_SECURE_COOKIES": "maybe"}, "true or false"),
+        ({"DRIVESYNC_ONEDRIVE_FOLDER": "//"}, "DRIVESYNC_ONEDRIVE_FOLDER"),
     ],
 )
 def test_bad_values_are_clear_errors(env, message):
@@ -99,3 +100,8 @@ def test_development_secret_key_is_generated_once(tmp_path):
     second = create_app(base).config["SECRET_KEY"]
     assert first == second and len(first) >= 32
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_empty_onedrive_folder_means_the_default():
+    """An empty DRIVESYNC_ONEDRIVE_FOLDER falls back to the default folder, read in one place."""
+    assert load_config({"DRIVESYNC_ONEDRIVE_FOLDER": ""})["ONEDRIVE_FOLDER"] == "drivesync"
