@@ -47,3 +47,6 @@ file_failed = _signals.signal("file-failed")  # reason, kind ("transient"|"perma
 file_conflict = _signals.signal("file-conflict")  # reason
 conflict_resolved = _signals.signal("conflict-resolved")  # action
 data_exported = _signals.signal("data-exported")
+# Microsoft refused this server's own app credentials (reason: client_secret_expired|…): the
+# operator must act; users are not asked to reconnect. Sent per failed token request.
+app_credentials_rejected = _signals.signal("app-credentials-rejected")

@@ -12,6 +12,25 @@ the rotated token fails here first.
 
 ``id_token`` (only with ``openid``) is a well-formed but *unsigned* JWT (``alg: none``); the real
 service signs it with RS256.
+
+Token-endpoint faults (admin API, JSON, development and tests only):
+
+=============================================  =================================================
+``POST   /_emulator/faults/token-error``       answer the token endpoint with an error:
+                                               ``aadsts`` (e.g. 700082) and/or ``error``
+                                               (default from the code, e.g. invalid_grant),
+                                               ``status`` (default 400, 401 for invalid_client),
+                                               ``count`` (next N matching requests; null = until
+                                               cleared), ``retry_after`` (seconds), and whom it
+                                               hits: ``client_id``, ``refresh_token``, ``email``
+                                               (the account a refresh token belongs to)
+``DELETE /_emulator/faults/token-error``       clear them (so do ``DELETE /_emulator/faults``
+                                               and ``POST /_emulator/reset``)
+=============================================  =================================================
+
+The body has Microsoft's shape (``error``, ``error_description`` starting ``AADSTSnnnnn:``,
+``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id``), with the description text
+of https://learn.microsoft.com/entra/identity-platform/reference-error-codes for known codes.
 """
 
 from __future__ import annotations
@@ -22,10 +41,12 @@ import html
 import json
 import re
 import secrets
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-from flask import Blueprint, Response, current_app, redirect, request
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
 
 from .responses import identity_error
 from .state import CODE_LIFETIME, AuthCode, EmulatorState, PendingAuthorize, new_secret, utcnow
@@ -39,6 +60,166 @@ _VERIFIER = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 def get_state() -> EmulatorState:
     """Return the emulator state bound to the current app."""
     return current_app.extensions["drivesync_emulator"]
+
+
+# -- token-endpoint faults -----------------------------------------------------------------------
+
+# code -> (OAuth error, description), after Microsoft's texts for these codes.
+TOKEN_ERROR_TEXTS: dict[int, tuple[str, str]] = {
+    700082: (
+        "invalid_grant",
+        "The refresh token has expired due to inactivity. The token was issued on "
+        "2026-01-01T00:00:00.0000000Z and was inactive for 90.00:00:00.",
+    ),
+    70008: (
+        "invalid_grant",
+        "The provided authorization code or refresh token has expired due to inactivity. "
+        "Send a new interactive authorization request for this user and resource.",
+    ),
+    50173: (
+        "invalid_grant",
+        "The provided grant has expired due to it being revoked, a fresh auth token is needed. "
+        "The user might have changed or reset their password.",
+    ),
+    70043: (
+        "invalid_grant",
+        "The refresh token has expired or is invalid due to sign-in frequency checks by "
+        "conditional access.",
+    ),
+    50076: (
+        "invalid_grant",
+        "Due to a configuration change made by your administrator, or because you moved to a "
+        "new location, you must use multi-factor authentication to access this resource.",
+    ),
+    50079: (
+        "invalid_grant",
+        "Due to a configuration change made by your administrator, or because you moved to a "
+        "new location, you must enroll in multi-factor authentication to access this resource.",
+    ),
+    65001: (
+        "invalid_grant",
+        "The user or administrator has not consented to use the application. Send an "
+        "interactive authorization request for this user and resource.",
+    ),
+    90094: ("invalid_grant", "The grant requires admin permission."),
+    90008: (
+        "invalid_grant",
+        "The user or administrator has not consented to use the application. This happened "
+        "because the application is misconfigured: it must require access to the directory by "
+        "specifying at least 'Sign in and read user profile' permission.",
+    ),
+    7000222: (
+        "invalid_client",
+        "The provided client secret keys for app are expired. Visit the Azure portal to create "
+        "new keys for your app: https://aka.ms/NewClientSecret, or consider using certificate "
+        "credentials for added security: https://aka.ms/certCreds.",
+    ),
+    7000215: (
+        "invalid_client",
+        "Invalid client secret provided. Ensure the secret being sent in the request is the "
+        "client secret value, not the client secret ID, for a secret added to the app.",
+    ),
+    90033: ("temporarily_unavailable", "A transient error has occurred. Please try again."),
+}
+_FAULTS_EXTENSION = "drivesync_emulator_token_faults"
+
+
+@dataclass
+class TokenFault:
+    """One injected token-endpoint error and the requests it hits."""
+
+    status: int
+    error: str
+    aadsts: int
+    description: str
+    count: int | None  # None: until cleared
+    retry_after: int | None = None
+    client_id: str | None = None
+    refresh_token: str | None = None
+    email: str | None = None
+
+    def hits(self, client_id: str, refresh_token: str | None, email: str | None) -> bool:
+        """Return whether this fault applies to the request."""
+        return (
+            (self.client_id is None or self.client_id == client_id)
+            and (self.refresh_token is None or self.refresh_token == refresh_token)
+            and (self.email is None or (email or "").casefold() == self.email.casefold())
+        )
+
+
+def _token_faults() -> list[TokenFault]:
+    faults: list[TokenFault] = current_app.extensions.setdefault(_FAULTS_EXTENSION, [])
+    return faults
+
+
+def _injected_token_error(state: EmulatorState, client_id: str) -> Response | None:
+    """Consume and answer the first injected fault that hits this token request, if any."""
+    refresh_token = request.form.get("refresh_token")
+    with state.lock:
+        faults = _token_faults()
+        if not faults:
+            return None
+        known = state.refresh_tokens.get(refresh_token or "")
+        email = known.email if known else None
+        fault = next((f for f in faults if f.hits(client_id, refresh_token, email)), None)
+        if fault is None:
+            return None
+        if fault.count is not None:
+            fault.count -= 1
+            if fault.count <= 0:
+                faults.remove(fault)
+    resp = identity_error(fault.status, fault.error, fault.aadsts, fault.description)
+    if fault.retry_after is not None:
+        resp.headers["Retry-After"] = str(fault.retry_after)
+    return resp
+
+
+@bp.route("/_emulator/faults/token-error", methods=["POST"])
+def add_token_error() -> Response:
+    """Make the token endpoint answer an AADSTS error (see the module docstring)."""
+    data: dict[str, Any] = request.get_json(silent=True) or {}
+    # Without a code: AADSTS90033, temporarily_unavailable (give "status": 503 for a burst).
+    aadsts = int(data.get("aadsts") or 90033)
+    known_error, description = TOKEN_ERROR_TEXTS.get(aadsts, ("", ""))
+    error = str(data.get("error") or known_error)
+    if not error:
+        resp = jsonify({"error": f"AADSTS{aadsts} is not known here: give its OAuth error"})
+        resp.status_code = 400
+        return resp
+    default_status = 401 if error == "invalid_client" else 400
+    fault = TokenFault(
+        status=int(data.get("status") or default_status),
+        error=error,
+        aadsts=aadsts,
+        description=str(data.get("description") or description or "Injected by the emulator."),
+        count=None if data.get("count") is None else int(data["count"]),
+        retry_after=None if data.get("retry_after") is None else int(data["retry_after"]),
+        client_id=data.get("client_id"),
+        refresh_token=data.get("refresh_token"),
+        email=data.get("email"),
+    )
+    with get_state().lock:
+        _token_faults().append(fault)
+    return jsonify({"ok": True, "status": fault.status, "error": fault.error})
+
+
+@bp.route("/_emulator/faults/token-error", methods=["DELETE"])
+def clear_token_errors() -> Response:
+    """Stop injecting token-endpoint errors."""
+    with get_state().lock:
+        _token_faults().clear()
+    return jsonify({"ok": True})
+
+
+@bp.before_app_request
+def _clear_with_the_other_faults() -> None:
+    # The admin API's "clear all faults" and "reset" (admin.py) clear these too.
+    if (request.method, request.path.rstrip("/")) in (
+        ("DELETE", "/_emulator/faults"),
+        ("POST", "/_emulator/reset"),
+    ):
+        with get_state().lock:
+            _token_faults().clear()
 
 
 def _error_page(status: int, aadsts: int, message: str) -> Response:
@@ -271,6 +452,9 @@ def token(tenant: str) -> Response:
             700016,
             f"Application with identifier '{client_id}' was not found in the directory.",
         )
+    injected = _injected_token_error(state, client_id)
+    if injected is not None:
+        return injected
     if client.client_secret is not None:
         if not secret:
             return identity_error(

@@ -18,10 +18,12 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.orm import undefer
 
+from .. import events
 from ..extensions import db
 from ..graph import oauth
 from ..graph.client import GraphClient
 from ..graph.errors import AuthError
+from ..graph.retry import Pacer
 from ..models import File, Integration, OAuthToken, User, utcnow
 from ..scope import user_scope
 from ..vault import Vault, development_keys
@@ -34,6 +36,9 @@ REFRESH_MARGIN = timedelta(minutes=5)
 APP_FOLDER_SCOPE = "Files.ReadWrite.AppFolder"
 _refresh_locks: dict[int, threading.Lock] = {}
 _refresh_locks_guard = threading.Lock()
+# A busy token endpoint (429, 5xx, temporarily_unavailable) is tried a few times, honouring
+# Retry-After, while the refresh lock is held: short, because other requests wait on it.
+REFRESH_PACER = Pacer(max_attempts=4, base=1.0, cap=8.0, max_total_wait=30.0)
 
 
 class NotConnected(ServiceError):
@@ -177,16 +182,77 @@ def _lock_for(integration_id: int) -> threading.Lock:
         return _refresh_locks.setdefault(integration_id, threading.Lock())
 
 
-def mark_needs_reauth(user_id: int, reason: str) -> None:
-    """Flag the user's integration: Microsoft wants them to sign in again."""
+def mark_needs_reauth(user_id: int, message: str, reason: str = "reauth_required") -> bool:
+    """Flag the user's integration *Reconnect needed* with ``message``; return whether it changed.
+
+    ``reason`` is the stable key (``oauth.TOKEN_PROBLEMS``). The first reason of an episode
+    stays: a later generic failure does not overwrite "expired after 90 days" or the admin link.
+    """
     db.session.rollback()
-    db.session.execute(
+    changed = db.session.execute(
         update(Integration)
-        .where(Integration.user_id == user_id, Integration.provider == PROVIDER)
-        .values(status="needs_reauth", status_reason=reason[:500])
-    )
+        .where(
+            Integration.user_id == user_id,
+            Integration.provider == PROVIDER,
+            Integration.status != "needs_reauth",
+        )
+        .values(status="needs_reauth", status_reason=message[:500])
+        .returning(Integration.id)
+    ).first()
+    if changed is not None:
+        events.reconnect_needed.send(None, user_id=user_id, reason=reason)
     db.session.commit()
-    logger.info("user %s: OneDrive integration needs reauthorisation", user_id)
+    if changed is not None:
+        logger.info("user %s: OneDrive needs reconnecting (%s)", user_id, reason)
+    return changed is not None
+
+
+# -- the operator notice -------------------------------------------------------------------------
+# When Microsoft refuses the app's own credentials (an expired or wrong client secret) every user
+# is affected and none of them can fix it. The notice lives in this process only: no table holds
+# server-wide state and this change adds none. Each web and worker process learns it from its own
+# failed token request, and forgets it on its next successful one or on restart (which is how a
+# new secret is deployed). The ERROR log line is what reaches the operator from every process.
+
+
+@dataclass(frozen=True)
+class OperatorNotice:
+    """Why syncing is down for everyone, and since when."""
+
+    reason: str
+    message: str
+    since: datetime
+
+
+_operator_notice: OperatorNotice | None = None
+
+
+def operator_notice() -> str | None:
+    """Return the server-wide sentence a banner shows while the app's credentials are refused."""
+    notice = _operator_notice
+    return notice.message if notice else None
+
+
+def _report_operator_problem(exc: oauth.AppCredentialsError) -> None:
+    global _operator_notice
+    problem = exc.problem
+    if _operator_notice is None or _operator_notice.reason != problem.reason:
+        _operator_notice = OperatorNotice(problem.reason, problem.message, utcnow())
+    logger.error(
+        "Microsoft refused this server's app credentials (%s, %s): %s. Users are not asked "
+        "to reconnect; OneDrive syncing is paused until this is fixed.",
+        exc.inner_code or exc.code,
+        problem.reason,
+        exc.operator_action,
+    )
+    events.app_credentials_rejected.send(None, reason=problem.reason)
+
+
+def _clear_operator_notice() -> None:
+    global _operator_notice
+    if _operator_notice is not None:
+        logger.warning("Microsoft accepts this server's app credentials again")
+        _operator_notice = None
 
 
 class TokenProvider:
@@ -201,10 +267,12 @@ class TokenProvider:
         user_id: int,
         integration_id: int,
         refresher: Callable[..., dict[str, Any]] | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self.user_id = user_id
         self.integration_id = integration_id
         self._refresher = refresher or oauth.refresh
+        self._pacer = pacer or REFRESH_PACER
         self._last: str | None = None
 
     def __call__(self, force_refresh: bool = False) -> str:
@@ -229,21 +297,32 @@ class TokenProvider:
         if fresh and (not force or (self._last is not None and access != self._last)):
             return access
         if not row.refresh_token_encrypted:
-            self._reauth("Microsoft did not grant offline access; reconnect OneDrive.")
+            self._reauth(
+                "Microsoft did not grant offline access; reconnect OneDrive.", "no_refresh_token"
+            )
         refresh_token = v.decrypt(row.refresh_token_encrypted, _context(self.integration_id, "r"))
+        settings = oauth_settings()
         try:
-            new = self._refresher(oauth_settings(), refresh_token)
-        except AuthError as exc:
+            new = self._pacer.call(lambda: self._refresher(settings, refresh_token))
+        except oauth.SignInError as exc:  # a known AADSTS reason: its own sentence
+            self._reauth(exc.human_message(), exc.problem.reason, exc)
+        except AuthError as exc:  # invalid_grant and friends without a known code
             self._reauth(exc.human_message())
+        except oauth.AppCredentialsError as exc:  # the operator's problem, not the user's
+            _report_operator_problem(exc)
+            raise
+        _clear_operator_notice()
         integration = db.session.get(Integration, self.integration_id)
         assert integration is not None  # noqa: S101 - the token row references it
         save_token(integration, new)
         logger.info("refreshed OneDrive token for integration %s", self.integration_id)
         return str(new["access_token"])
 
-    def _reauth(self, reason: str) -> NoReturn:
-        mark_needs_reauth(self.user_id, reason)
-        raise AuthError(reason, code="invalid_grant")
+    def _reauth(
+        self, message: str, reason: str = "reauth_required", exc: AuthError | None = None
+    ) -> NoReturn:
+        mark_needs_reauth(self.user_id, message, reason)
+        raise exc or AuthError(message, code="invalid_grant")
 
 
 def graph_client_for(user_id: int) -> tuple[GraphClient, Integration]:
@@ -278,7 +357,12 @@ def complete_connect(
     files become ``not_synced`` and the next Sync All uploads them to the new drive.
     """
     settings = oauth_settings(redirect_uri)
-    token = (exchange or oauth.exchange_code)(settings, code, code_verifier)
+    try:
+        token = (exchange or oauth.exchange_code)(settings, code, code_verifier)
+    except oauth.AppCredentialsError as exc:
+        _report_operator_problem(exc)
+        raise
+    _clear_operator_notice()
     client = GraphClient(
         lambda force: str(token["access_token"]), base_url=current_app.config["GRAPH_URL"]
     )
