@@ -24,19 +24,30 @@ def app_overrides() -> dict[str, Any]:
     return {"MS_CLIENT_ID": "client", "MS_CLIENT_SECRET": "secret"}
 
 
-@pytest.fixture
-def connected(app: Flask, make_user: Callable[..., int]) -> tuple[int, int]:
-    """A user with an integration whose access token expires in ``expires_in`` seconds."""
+def store_tokens(
+    app: Flask,
+    make_user: Callable[..., int],
+    refresh_token: str = "R0",  # noqa: S107 - a test value, not a credential
+    expires_in: int = 3600,
+) -> tuple[int, int]:
+    """Create a user with an integration and stored tokens; return (user id, integration id)."""
     uid = make_user()
     with app.app_context(), user_scope(uid):
         integration = Integration(user_id=uid, provider="onedrive", folder_id="F")
         db.session.add(integration)
         db.session.flush()
         integrations.save_token(
-            integration, {"access_token": "A0", "refresh_token": "R0", "expires_in": 3600}
+            integration,
+            {"access_token": "A0", "refresh_token": refresh_token, "expires_in": expires_in},
         )
         db.session.commit()
         return uid, integration.id
+
+
+@pytest.fixture
+def connected(app: Flask, make_user: Callable[..., int]) -> tuple[int, int]:
+    """A user with an integration whose access token expires in an hour."""
+    return store_tokens(app, make_user)
 
 
 class Refresher:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -16,9 +15,10 @@ from drivesync.extensions import db
 from drivesync.graph import oauth
 from drivesync.graph.errors import AuthError, GraphError
 from drivesync.graph.retry import Pacer
-from drivesync.models import Integration, OAuthToken, utcnow
+from drivesync.models import Integration
 from drivesync.scope import user_scope
 from drivesync.services import integrations
+from tests.unit.test_integrations import store_tokens
 
 CLIENT_ID = "11111111-2222-4333-8444-555555555555"
 CLIENT_SECRET = "app-secret-VALUE-0123456789"
@@ -213,17 +213,7 @@ def app_overrides() -> dict[str, Any]:
 @pytest.fixture
 def expired(app: Flask, make_user: Callable[..., int]) -> tuple[int, int]:
     """A connected user whose access token has expired, so the next Graph call refreshes."""
-    uid = make_user()
-    with app.app_context(), user_scope(uid):
-        integration = Integration(user_id=uid, provider="onedrive", folder_id="F")
-        db.session.add(integration)
-        db.session.flush()
-        integrations.save_token(
-            integration, {"access_token": "A0", "refresh_token": REFRESH, "expires_in": 3600}
-        )
-        db.session.execute(db.update(OAuthToken).values(expires_at=utcnow() - timedelta(1)))
-        db.session.commit()
-        return uid, integration.id
+    return store_tokens(app, make_user, refresh_token=REFRESH, expires_in=-60)
 
 
 @pytest.fixture
