@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Required, TypedDict, cast
 from urllib.parse import urlencode, urlsplit
 
 import requests
@@ -205,6 +205,20 @@ class AppCredentialsError(GraphError):
 logsafe.install()
 
 
+class TokenResponse(TypedDict, total=False):
+    """A token response (v2-oauth2-auth-code-flow, "Successful response"), plus ``expires_at``."""
+
+    token_type: str  # always "Bearer"
+    # Granted scopes, space-separated, without offline_access; oauthlib may hand back a list.
+    scope: str | list[str]
+    expires_in: int  # seconds
+    ext_expires_in: int
+    expires_at: float  # added here: absolute Unix time, from expires_in
+    access_token: Required[str]
+    refresh_token: str  # only with offline_access; rotation is optional (see refresh())
+    id_token: str  # only with openid
+
+
 @dataclass(frozen=True)
 class OAuthSettings:
     """Where and as whom to sign in. ``client_secret`` may be empty for a public client."""
@@ -306,7 +320,7 @@ def exchange_code(
     code: str,
     code_verifier: str,
     session: requests.Session | None = None,
-) -> dict[str, Any]:
+) -> TokenResponse:
     """Redeem an authorization code; return the token dict with an absolute ``expires_at``."""
     oauth = _session(settings, session, scope=False)
     _hook_errors(oauth, "access_token_response", settings, secrets=(code, code_verifier))
@@ -326,7 +340,7 @@ def refresh(
     settings: OAuthSettings,
     refresh_token: str,
     session: requests.Session | None = None,
-) -> dict[str, Any]:
+) -> TokenResponse:
     """Redeem a refresh token; return the new token dict (old refresh token kept if none came).
 
     Raise ``AuthError`` when the user must reconnect (``SignInError`` with the reason when the
@@ -354,10 +368,11 @@ def refresh(
     return token
 
 
-def _call(settings: OAuthSettings, fn: Callable[[], Mapping[str, Any]]) -> dict[str, Any]:
+def _call(settings: OAuthSettings, fn: Callable[[], Mapping[str, Any]]) -> TokenResponse:
     """Run one token request; return the token with an absolute ``expires_at``."""
     try:
-        token = dict(fn())
+        # oauthlib returns an untyped dict; it has checked that access_token is present.
+        token = cast(TokenResponse, dict(fn()))
     except GraphError:
         raise
     except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:

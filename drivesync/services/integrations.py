@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from flask import current_app
 from sqlalchemy import update
@@ -136,13 +136,13 @@ def _context(integration_id: int, column: str) -> str:
     return f"oauth_tokens:{integration_id}:{column}"
 
 
-def _expires_at(token: dict[str, Any]) -> datetime:
+def _expires_at(token: oauth.TokenResponse) -> datetime:
     if token.get("expires_at"):
         return datetime.fromtimestamp(float(token["expires_at"]), UTC)
     return utcnow() + timedelta(seconds=int(token.get("expires_in") or 3600))
 
 
-def save_token(integration: Integration, token: dict[str, Any]) -> OAuthToken:
+def save_token(integration: Integration, token: oauth.TokenResponse) -> OAuthToken:
     """Encrypt and store ``token`` for ``integration`` (access and refresh token together)."""
     v = vault()
     row = db.session.execute(
@@ -266,7 +266,7 @@ class TokenProvider:
         self,
         user_id: int,
         integration_id: int,
-        refresher: Callable[..., dict[str, Any]] | None = None,
+        refresher: Callable[[oauth.OAuthSettings, str], oauth.TokenResponse] | None = None,
         pacer: Pacer | None = None,
     ) -> None:
         self.user_id = user_id
@@ -348,7 +348,7 @@ def complete_connect(
     code: str,
     code_verifier: str,
     redirect_uri: str,
-    exchange: Callable[..., dict[str, Any]] | None = None,
+    exchange: Callable[[oauth.OAuthSettings, str, str], oauth.TokenResponse] | None = None,
 ) -> Integration:
     """Redeem the code, read the account and drive, and store the integration and tokens.
 
