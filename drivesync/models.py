@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+
 from flask_login import UserMixin
 from sqlalchemy import (
     BigInteger,
