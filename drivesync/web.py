@@ -23,6 +23,7 @@ from flask import (
 )
 
 from .scope import reset_scope, set_scope
+from .services.library import sync_fix
 from .services.storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def configure(app: Flask) -> None:
     app.jinja_env.filters["humansize"] = humansize
     app.jinja_env.filters["reltime"] = reltime
     app.jinja_env.filters["isotime"] = isotime
+    app.jinja_env.globals["sync_fix"] = sync_fix  # a failed file's way out: rename, replace, retry
     app.context_processor(
         lambda: {
             "endpoints": app.view_functions,  # templates/_nav.html shows only existing pages

@@ -138,7 +138,9 @@ def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
     except BaseException:
         storage.discard(incoming)
         raise
-    f = library.add_file(user_id, str(item.get("name", "imported")), incoming, storage)
+    f = library.add_file(
+        user_id, str(item.get("name", "imported")), incoming, storage, imported_item=item_id
+    )
     remote_hash = ((item.get("file") or {}).get("hashes") or {}).get("quickXorHash")
     if remote_hash and remote_hash == f.quick_xor_hash:
         # It is OneDrive's copy byte for byte: track it as synced instead of uploading it back.

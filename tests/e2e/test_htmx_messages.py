@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from .conftest import LiveServer
-from .seed import BUSY, CLASH, WAITING, seed_account, set_file
+from .seed import BAD_NAME, BUSY, CLASH, WAITING, seed_account, set_file
 from .test_browser import T, open_settings
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -33,6 +33,10 @@ def test_failing_actions_show_their_message(
     pending = page.locator("#pending-files")
     busy_row = pending.locator(f"#pending-{s.files[BUSY]}")
     expect(busy_row).to_have_attribute("data-status", "error", timeout=T)
+    # A failed file refused for its name offers Rename, never Retry.
+    bad_row = pending.locator(f"#pending-{s.files[BAD_NAME]}")
+    expect(bad_row.get_by_role("button", name="Rename")).to_be_visible(timeout=T)
+    expect(bad_row.get_by_role("button", name="Retry")).to_have_count(0)
     page.evaluate("window.__marker = 1")
 
     # Retry (409): the file was retried elsewhere meanwhile.
@@ -51,6 +55,11 @@ def test_failing_actions_show_their_message(
     clash_row.get_by_role("button", name="Skip").click()
     expect(flashes(page)).to_contain_text("This file is not in conflict.", timeout=T)
 
+    # Rename to a name OneDrive refuses too (400).
+    bad_row.get_by_label(f"New name for {BAD_NAME}").fill("still:bad.txt")
+    bad_row.get_by_role("button", name="Rename").click()
+    expect(flashes(page)).to_contain_text("OneDrive does not allow these characters", timeout=T)
+
     # CSRF failure: the page's token went stale.
     page.evaluate(
         """() => {
@@ -61,6 +70,15 @@ def test_failing_actions_show_their_message(
     page.locator("#sync-all").click()
     expect(flashes(page)).to_contain_text("Your form expired", timeout=T)
     assert page.evaluate("window.__marker") == 1, "a failing action reloaded the page"
+
+    # Rename to a valid name: the page reloads with the message; the file waits to sync.
+    page.reload()
+    bad_row.get_by_label(f"New name for {BAD_NAME}").fill("good name.txt")
+    bad_row.get_by_role("button", name="Rename").click()
+    expect(flashes(page)).to_contain_text(
+        f"Renamed {BAD_NAME} to good name.txt. It waits for the next Sync All.", timeout=T
+    )
+    expect(bad_row).to_have_attribute("data-status", "not_synced", timeout=T)
 
     # Library: Delete (404) of a file deleted in another tab, and an upload over the limit (413).
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Library").click()

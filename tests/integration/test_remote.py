@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from drivesync import events
 from drivesync.extensions import db
 from drivesync.models import File
 from drivesync.scope import user_scope
@@ -62,3 +63,22 @@ def test_browse_names_the_library_file_when_names_differ(
         db.session.commit()
     row = row_of(client.get("/settings/onedrive/browse").get_data(as_text=True), "scan.pdf")
     assert "In your library" in row and "as tax return 2025.pdf" in row
+
+
+def test_import_sends_file_imported_not_uploaded(client, app, alice, connect, emu):
+    """Importing a OneDrive file announces file_imported (with the item id), not an upload."""
+    assert connect(ALEX).status_code == 303
+    item = emu.modify_item(ALEX, "/drivesync/from-phone.jpg", b"a photo")
+    imported, uploaded = [], []
+    with (
+        events.file_imported.connected_to(lambda s, **kw: imported.append(kw)),
+        events.file_uploaded.connected_to(lambda s, **kw: uploaded.append(kw)),
+    ):
+        r = client.post(
+            "/settings/onedrive/import",
+            data={"csrf_token": csrf_token(client), "item_id": item["id"]},
+        )
+    assert r.status_code == 303
+    [f] = db_rows(app, File, alice)
+    assert imported == [{"user_id": alice, "file_id": f.id, "item_id": item["id"], "size": 7}]
+    assert uploaded == []

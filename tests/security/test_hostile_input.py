@@ -125,6 +125,7 @@ def test_oversized_body_413(client, app, alice):
         "/settings/onedrive/sync",
         "/settings/onedrive/import",
         "/library/1/delete",
+        "/library/1/rename",
         "/settings/onedrive/files/1/retry",
         "/settings/onedrive/files/1/resolve",
     ],

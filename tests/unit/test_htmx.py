@@ -71,6 +71,8 @@ def test_message_response_renders_flash_markup(client, alice):
     [
         ("/library/upload", {}, "Choose at least one file to upload."),
         ("/library/{fid}/replace", {}, "Choose exactly one file as the new version."),
+        ("/library/{fid}/rename", {"name": "bad:name.txt"}, "OneDrive does not allow"),
+        ("/library/{fid}/rename", {"name": "   "}, "Type a new name for the file."),
         ("/settings/onedrive/files/{fid}/retry", {}, "Only a file that failed to sync"),
         ("/settings/onedrive/files/{fid}/resolve", {"action": "keep_both"}, "not in conflict"),
         ("/settings/onedrive/files/{fid}/resolve", {"action": "replace"}, "not in conflict"),
@@ -91,6 +93,7 @@ def test_refused_htmx_action_shows_message(client, app, alice, make_file, path, 
     ("path", "data", "status"),
     [
         ("/library/upload", {}, 400),
+        ("/library/{fid}/rename", {"name": "bad:name.txt"}, 400),
         ("/settings/onedrive/files/{fid}/retry", {}, 409),
         ("/settings/onedrive/files/{fid}/resolve", {"action": "skip"}, 409),
     ],
@@ -122,6 +125,7 @@ def test_csrf_failure_htmx(client, alice, make_file):
     ("path", "data"),
     [
         ("/library/{fid}/delete", {}),
+        ("/library/{fid}/rename", {"name": "mine.txt"}),
         ("/library/{fid}/replace", {"file": (io.BytesIO(b"evil"), "x.txt")}),
         ("/settings/onedrive/files/{fid}/retry", {}),
         ("/settings/onedrive/files/{fid}/resolve", {"action": "skip"}),
@@ -188,11 +192,16 @@ def test_server_error_page_keeps_500(failing_app):
 
 
 def test_successful_htmx_actions_redirect_with_flash(client, alice, make_file):
-    """Upload and delete succeed over htmx with HX-Redirect; the next page shows why."""
+    """Upload, rename and delete succeed over htmx with HX-Redirect; the next page shows why."""
     fid = make_file(alice, "first.txt")
     upload = {"files": [(io.BytesIO(b"hello"), "second.txt")]}
     for path, data, shown in (
         ("/library/upload", upload, "Uploaded 1 file."),
+        (
+            f"/library/{fid}/rename",
+            {"name": "renamed.txt", "next": "/library/?sort=name"},
+            "Renamed first.txt to renamed.txt.",
+        ),
         (f"/library/{fid}/delete", {}, "File deleted."),
     ):
         r = post_hx(client, path, data)
