@@ -17,10 +17,11 @@ pytestmark = pytest.mark.emulator
 
 
 @pytest.fixture
-def alice(make_user, login):
-    """A signed-in user."""
+def alice(make_user, login, connect, emu):
+    """A signed-in user whose OneDrive (Alex's, on the emulator) is connected."""
     uid = make_user("alice@example.com")
     login(uid)
+    assert connect(ALEX).status_code == 303
     return uid
 
 
@@ -31,9 +32,8 @@ def row_of(html: str, name: str) -> str:
     return match.group(1)
 
 
-def test_browse_marks_items_in_the_library(client, app, alice, connect, make_file, emu):
+def test_browse_marks_items_in_the_library(client, app, alice, make_file, emu):
     """A synced file shows 'In your library' linked to it; a OneDrive-only file offers Import."""
-    assert connect(ALEX).status_code == 303
     fid = make_file(alice, "report.pdf", b"%PDF-1.4 report")
     r = client.post("/settings/onedrive/sync", data={"csrf_token": csrf_token(client)})
     assert r.status_code == 303
@@ -50,11 +50,8 @@ def test_browse_marks_items_in_the_library(client, app, alice, connect, make_fil
     assert "Import to library" in remote_only and "In your library" not in remote_only
 
 
-def test_browse_names_the_library_file_when_names_differ(
-    client, app, alice, connect, make_file, emu
-):
+def test_browse_names_the_library_file_when_names_differ(client, app, alice, make_file, emu):
     """An item tracked under another library name says which file it is."""
-    assert connect(ALEX).status_code == 303
     item = emu.modify_item(ALEX, "/drivesync/scan.pdf", b"scanned")
     fid = make_file(alice, "tax return 2025.pdf", b"scanned")
     with app.app_context(), user_scope(alice):
@@ -65,9 +62,8 @@ def test_browse_names_the_library_file_when_names_differ(
     assert "In your library" in row and "as tax return 2025.pdf" in row
 
 
-def test_import_sends_file_imported_not_uploaded(client, app, alice, connect, emu):
+def test_import_sends_file_imported_not_uploaded(client, app, alice, emu):
     """Importing a OneDrive file announces file_imported (with the item id), not an upload."""
-    assert connect(ALEX).status_code == 303
     item = emu.modify_item(ALEX, "/drivesync/from-phone.jpg", b"a photo")
     imported, uploaded = [], []
     with (

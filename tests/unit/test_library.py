@@ -269,15 +269,18 @@ def set_state(app, uid: int, fid: int, **values: Any) -> None:
         db.session.commit()
 
 
+def rename(client, fid: int, name: str, next_url: str) -> Any:
+    """Post the plain (no JavaScript) rename form."""
+    data = {"csrf_token": csrf_token(client), "name": name, "next": next_url}
+    return client.post(f"/library/{fid}/rename", data=data)
+
+
 def test_rename_failed_file_waits_to_sync_again(client, app, alice, make_file):
     """Renaming a file that failed for its name fixes it: new name and MIME type, not_synced."""
     fid = make_file(alice, "scan:2024.jpg")
     set_state(app, alice, fid, onedrive_sync_status="error", onedrive_error="bad name")
     with heard(events.file_renamed) as got:
-        r = client.post(
-            f"/library/{fid}/rename",
-            data={"csrf_token": csrf_token(client), "name": "scan 2024.pdf", "next": "/library/"},
-        )
+        r = rename(client, fid, "scan 2024.pdf", "/library/")
     assert r.status_code == 303 and r.headers["Location"] == "/library/"
     [f] = db_rows(app, File, alice)
     assert (f.original_name, f.mime_type) == ("scan 2024.pdf", "application/pdf")
@@ -295,10 +298,7 @@ def test_rename_synced_file_keeps_its_state(client, app, alice, make_file):
     set_state(
         app, alice, fid, onedrive_sync_status="synced", onedrive_id="X", onedrive_name="a.txt"
     )
-    r = client.post(
-        f"/library/{fid}/rename",
-        data={"csrf_token": csrf_token(client), "name": "b.txt", "next": "https://evil.example/"},
-    )
+    r = rename(client, fid, "b.txt", "https://evil.example/")
     assert r.status_code == 303 and r.headers["Location"] == "/library/"
     [f] = db_rows(app, File, alice)
     assert (f.original_name, f.onedrive_sync_status) == ("b.txt", "synced")
@@ -341,10 +341,7 @@ def test_rename_is_scoped_to_the_owner(app, make_user, make_file):
 def test_rename_without_javascript_from_settings(client, app, alice, make_file):
     """The plain rename form goes back to the page it came from (next), with the message."""
     fid = make_file(alice, "x.txt")
-    r = client.post(
-        f"/library/{fid}/rename",
-        data={"csrf_token": csrf_token(client), "name": "y.txt", "next": "/settings/onedrive/"},
-    )
+    r = rename(client, fid, "y.txt", "/settings/onedrive/")
     assert r.status_code == 303 and r.headers["Location"] == "/settings/onedrive/"
 
 
