@@ -7,6 +7,7 @@ Normal (non-htmx) requests keep their status codes and full pages; those are che
 from __future__ import annotations
 
 import io
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -17,7 +18,7 @@ from drivesync import create_app
 from drivesync.extensions import db
 from drivesync.models import File
 from drivesync.scope import user_scope
-from tests.conftest import app_config, csrf_token, db_rows
+from tests.conftest import PG_OWNER_URL, app_config, csrf_token, db_rows
 from tests.fixtures_emulator import ALEX
 
 HX = {"HX-Request": "true"}
@@ -148,14 +149,29 @@ def test_unauthenticated_htmx_action_redirects_to_sign_in(client):
     assert r.status_code == 401 and r.headers["HX-Redirect"].startswith("/login")
 
 
-def test_rate_limit_htmx(tmp_path, database_url, make_user):
+@pytest.fixture
+def make_app(tmp_path, database_url) -> Iterator[Callable[..., Flask]]:
+    """Build apps with extra config on the test database; dispose their engines afterwards."""
+    apps: list[Flask] = []
+
+    def _make(**overrides: Any) -> Flask:
+        app = create_app(app_config(tmp_path, database_url, **overrides))
+        if not PG_OWNER_URL:
+            with app.app_context():
+                db.create_all()
+        apps.append(app)
+        return app
+
+    yield _make
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+
+
+def test_rate_limit_htmx(make_app):
     """A rate-limited htmx request (429) shows its message in the flash area."""
-    app = create_app(
-        app_config(tmp_path, database_url, RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="1/minute")
-    )
-    with app.app_context():
-        db.create_all()
-    client = app.test_client()
+    client = make_app(RATELIMIT_ENABLED=True, LOGIN_RATE_LIMIT="1/minute").test_client()
     token = csrf_token(client, "/login")
     form = {"email": "nobody@example.com", "password": "wrong"}
     headers = {**HX, "X-CSRFToken": token}
@@ -164,9 +180,9 @@ def test_rate_limit_htmx(tmp_path, database_url, make_user):
 
 
 @pytest.fixture
-def failing_app(tmp_path, database_url) -> Flask:
+def failing_app(make_app) -> Flask:
     """An app with a route that crashes, answered by the error handler (not propagated)."""
-    app = create_app(app_config(tmp_path, database_url, PROPAGATE_EXCEPTIONS=False))
+    app = make_app(PROPAGATE_EXCEPTIONS=False)
 
     def boom() -> str:
         raise RuntimeError("secret detail of the crash")
