@@ -15,6 +15,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from ..services.errors import ServiceError
+from ..web import humansize
 from .htmx import is_htmx, message_response
 
 logger = logging.getLogger(__name__)
@@ -56,10 +57,8 @@ def service_error(e: ServiceError) -> Any:
 @bp.app_errorhandler(413)
 def too_large(e: HTTPException) -> Any:
     """Say how large an upload may be."""
-    limit = current_app.config["MAX_UPLOAD_MB"]
-    return error_response(
-        413, "File too large", f"Uploads are limited to {limit} MB in total per request."
-    )
+    limit = humansize(current_app.config["MAX_CONTENT_LENGTH"])  # what werkzeug enforced
+    return error_response(413, "File too large", f"Uploads are limited to {limit} per request.")
 
 
 @bp.app_errorhandler(InternalServerError)

@@ -76,6 +76,7 @@ def test_every_page_passes_axe(browser: Browser, page: Page, live_server: LiveSe
     expect(pending.get_by_label(f"New name for {BAD_NAME}")).to_be_visible(timeout=T)
     expect(page.get_by_role("progressbar")).to_have_count(1)  # the OneDrive storage bar
     check(page, "/settings/onedrive/", found)
+    live.shot(page, "settings-every-state")
 
     # The flash area with an htmx message in it (a refused rename).
     pending.get_by_label(f"New name for {BAD_NAME}").fill("still:bad.txt")
@@ -86,6 +87,7 @@ def test_every_page_passes_axe(browser: Browser, page: Page, live_server: LiveSe
     page.goto(live.url + "/settings/onedrive/browse")
     expect(page.locator(f'tr[data-name="{SYNCED}"]')).to_contain_text("In your library")
     check(page, "/settings/onedrive/browse", found)
+    live.shot(page, "browse-in-your-library")
 
     page.goto(live.url + "/library/999999/download")
     expect(page.get_by_role("heading", level=1)).to_be_visible(timeout=T)
