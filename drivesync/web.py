@@ -1,4 +1,7 @@
-"""App-wide web wiring: request class, security headers, error pages, template filters."""
+"""App-wide web wiring: request class, security headers, template filters.
+
+Error pages and the htmx error convention live in ``views/errors.py`` and ``views/htmx.py``.
+"""
 
 from __future__ import annotations
 
@@ -15,16 +18,12 @@ from flask import (
     current_app,
     g,
     redirect,
-    render_template,
-    request,
     session,
     url_for,
 )
-from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
 
 from .scope import reset_scope, set_scope
-from .services.errors import ServiceError
+from .services.library import sync_fix
 from .services.storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -106,12 +105,6 @@ def _discard_incoming(exc: BaseException | None) -> None:
             incoming.path.unlink(missing_ok=True)
 
 
-def _error_page(status: int, title: str, message: str) -> Any:
-    if request.headers.get("HX-Request") == "true":
-        return render_template("_error_fragment.html", title=title, message=message), status
-    return render_template("error.html", status=status, title=title, message=message), status
-
-
 def humansize(n: int | None) -> str:
     """Return a byte count in human units (1.5 MB)."""
     if n is None:
@@ -119,7 +112,9 @@ def humansize(n: int | None) -> str:
     size = float(n)
     for unit in ("bytes", "KB", "MB", "GB", "TB"):
         if size < 1024 or unit == "TB":
-            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+            if unit == "bytes":
+                return "1 byte" if n == 1 else f"{int(size)} bytes"
+            return f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} bytes"
 
@@ -144,7 +139,7 @@ def isotime(when: datetime | None) -> str:
 
 
 def configure(app: Flask) -> None:
-    """Wire the request class, headers, error pages and filters into ``app``."""
+    """Wire the request class, headers, request scoping and template filters into ``app``."""
     _ensure_secret_key(app)
     app.request_class = StreamingRequest
     app.after_request(_security_headers)
@@ -154,35 +149,16 @@ def configure(app: Flask) -> None:
     app.jinja_env.filters["humansize"] = humansize
     app.jinja_env.filters["reltime"] = reltime
     app.jinja_env.filters["isotime"] = isotime
-    app.context_processor(lambda: {"has_onedrive": "onedrive.settings" in app.view_functions})
+    app.jinja_env.globals["sync_fix"] = sync_fix  # a failed file's way out: rename, replace, retry
+    app.context_processor(
+        lambda: {
+            "endpoints": app.view_functions,  # templates/_nav.html shows only existing pages
+            "has_onedrive": "onedrive.settings" in app.view_functions,
+        }
+    )
     # Browsers ask for /favicon.ico whatever the page says; point them at the SVG.
     app.add_url_rule(
         "/favicon.ico",
         endpoint="favicon",
         view_func=lambda: redirect(url_for("static", filename="img/favicon.svg"), code=301),
     )
-
-    @app.errorhandler(CSRFError)
-    def csrf_error(e: CSRFError) -> Any:
-        return _error_page(
-            400,
-            "Your form expired",
-            "Reload the page and try again (the security token was missing or out of date).",
-        )
-
-    @app.errorhandler(ServiceError)
-    def service_error(e: ServiceError) -> Any:
-        return _error_page(e.status, "That did not work", e.message)
-
-    @app.errorhandler(413)
-    def too_large(e: HTTPException) -> Any:
-        limit = app.config["MAX_UPLOAD_MB"]
-        return _error_page(
-            413, "File too large", f"Uploads are limited to {limit} MB in total per request."
-        )
-
-    @app.errorhandler(HTTPException)
-    def http_error(e: HTTPException) -> Any:
-        if e.code and e.code < 400:
-            return e
-        return _error_page(e.code or 500, e.name, e.description or "")

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, update
 
+from .. import events
 from ..extensions import db
+from ..graph.names import MAX_FILE_SIZE, validate_name
 from ..models import File, utcnow
 from .errors import NotFound, ValidationError
 from .storage import IncomingFile, LocalStorage
@@ -79,8 +81,19 @@ def guess_mime(name: str) -> str:
     return mimetypes.guess_type(name, strict=False)[0] or "application/octet-stream"
 
 
-def add_file(owner_id: int, name: str, incoming: IncomingFile, storage: LocalStorage) -> File:
-    """Keep an uploaded file: move its bytes into place and record it for ``owner_id``."""
+def add_file(
+    owner_id: int,
+    name: str,
+    incoming: IncomingFile,
+    storage: LocalStorage,
+    *,
+    imported_item: str | None = None,
+) -> File:
+    """Keep an uploaded file: move its bytes into place and record it for ``owner_id``.
+
+    Sends ``file_uploaded``, or ``file_imported`` when ``imported_item`` (a OneDrive item id)
+    is where the bytes came from.
+    """
     try:
         display = clean_display_name(name)
     except ValidationError:
@@ -101,6 +114,13 @@ def add_file(owner_id: int, name: str, incoming: IncomingFile, storage: LocalSto
     )
     db.session.add(f)
     try:
+        db.session.flush()
+        if imported_item is None:
+            events.file_uploaded.send(None, user_id=owner_id, file_id=f.id, size=f.size)
+        else:
+            events.file_imported.send(
+                None, user_id=owner_id, file_id=f.id, item_id=imported_item, size=f.size
+            )
         db.session.commit()
     except BaseException:
         db.session.rollback()
@@ -118,6 +138,72 @@ def get_file(owner_id: int, file_id: int) -> File:
     if f is None:
         raise NotFound("That file does not exist.")
     return f
+
+
+def download_file(owner_id: int, file_id: int) -> File:
+    """Return the owner's file ``file_id`` for sending, recording that it was downloaded."""
+    f = get_file(owner_id, file_id)
+    events.file_downloaded.send(None, user_id=owner_id, file_id=f.id)
+    db.session.commit()
+    return f
+
+
+def clean_new_name(raw: str | None) -> str:
+    """Return a name a user typed for a file, or raise ``ValidationError`` saying why not.
+
+    Unlike an upload's name (which may carry a browser's path), a typed name is refused rather
+    than trimmed; and a name OneDrive would refuse is refused here, so a rename fixes a file
+    that failed for its name instead of failing again.
+    """
+    name = unicodedata.normalize("NFC", raw or "").strip()
+    if not name:
+        raise ValidationError({"name": "Type a new name for the file."})
+    if any(unicodedata.category(ch)[0] == "C" for ch in name):
+        raise ValidationError({"name": "The name contains control characters."})
+    reason = validate_name(name)
+    if reason:
+        raise ValidationError({"name": reason})
+    return name
+
+
+def rename_file(owner_id: int, file_id: int, new_name: str) -> File:
+    """Rename the owner's file; a file that failed to sync goes back to ``not_synced``.
+
+    A file already in OneDrive keeps its name there (the next sync updates its bytes in place).
+    """
+    name = clean_new_name(new_name)
+    f = get_file(owner_id, file_id)
+    old = f.original_name
+    if name == old:
+        return f
+    db.session.execute(
+        update(File)
+        .where(File.id == f.id, File.owner_id == owner_id)
+        .values(original_name=name, mime_type=guess_mime(name))
+    )
+    # Conditional, like every sync transition: a file the engine has just claimed keeps its state.
+    db.session.execute(
+        update(File)
+        .where(File.id == f.id, File.owner_id == owner_id, File.onedrive_sync_status == "error")
+        .values(onedrive_sync_status="not_synced", onedrive_error=None)
+    )
+    events.file_renamed.send(None, user_id=owner_id, file_id=f.id, old_name=old, new_name=name)
+    db.session.commit()
+    db.session.refresh(f)
+    logger.info("user %s renamed file %s", owner_id, f.id)
+    return f
+
+
+def sync_fix(f: File) -> str:
+    """Return what can make the owner's failed file sync: ``rename``, ``replace`` or ``retry``.
+
+    A name OneDrive refuses and a size over its limit are permanent: retrying cannot help.
+    """
+    if validate_name(f.original_name):
+        return "rename"
+    if f.size > MAX_FILE_SIZE:
+        return "replace"
+    return "retry"
 
 
 def list_files(owner_id: int, sort: str = DEFAULT_SORT, page: int = 1, per_page: int = 25) -> Page:
@@ -166,6 +252,7 @@ def replace_file(
     db.session.execute(
         update(File).where(File.id == f.id, File.owner_id == owner_id).values(**values)
     )
+    events.file_replaced.send(None, user_id=owner_id, file_id=f.id, size=incoming.size)
     if changed:
         # synced -> not_synced, error -> not_synced; a file mid-upload keeps "syncing" and the
         # engine, seeing the version move, leaves it not_synced when it finishes.
@@ -195,6 +282,7 @@ def delete_file(owner_id: int, file_id: int, storage: LocalStorage) -> None:
     f = get_file(owner_id, file_id)
     stored = f.stored_path
     db.session.delete(f)
+    events.file_deleted.send(None, user_id=owner_id, file_id=file_id)
     db.session.commit()
     storage.delete(stored)
     logger.info("user %s deleted file %s", owner_id, file_id)

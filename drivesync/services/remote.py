@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, cast
 from urllib.parse import unquote, urlsplit
 
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
+from ..graph.types import DriveItem
 from ..models import File
 from . import library, sync
 from .errors import Conflict, NotFound, ServiceError
@@ -31,6 +32,8 @@ class RemoteEntry:
     mime_type: str | None
     modified: str | None
     web_url: str | None
+    library_file_id: int | None = None  # the library file that tracks this item, if one does
+    library_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,8 @@ class RemotePage:
     next_link: str | None
 
 
-def _entry(item: dict[str, Any]) -> RemoteEntry:
+def _entry(item: DriveItem, linked: dict[str, tuple[int, str]]) -> RemoteEntry:
+    file_id, name = linked.get(str(item.get("id")), (None, None))
     return RemoteEntry(
         id=str(item.get("id")),
         name=str(item.get("name", "")),
@@ -51,7 +55,21 @@ def _entry(item: dict[str, Any]) -> RemoteEntry:
         mime_type=(item.get("file") or {}).get("mimeType"),
         modified=item.get("lastModifiedDateTime"),
         web_url=item.get("webUrl"),
+        library_file_id=file_id,
+        library_name=name,
     )
+
+
+def _linked_files(user_id: int, item_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """Return, for those of ``item_ids`` the user's library tracks, the file's id and name."""
+    if not item_ids:
+        return {}
+    rows = db.session.execute(
+        db.select(File.onedrive_id, File.id, File.original_name).where(
+            File.owner_id == user_id, File.onedrive_id.in_(item_ids)
+        )
+    ).all()
+    return {str(item_id): (file_id, name) for item_id, file_id, name in rows}
 
 
 def _graph_failure(exc: GraphError) -> ServiceError:
@@ -83,8 +101,11 @@ def browse(user_id: int, next_link: str | None = None) -> RemotePage:
         )
     except GraphError as exc:
         raise _graph_failure(exc) from exc
+    linked = _linked_files(user_id, [str(i.get("id")) for i in items if "file" in i])
     return RemotePage(
-        folder_path=integration.folder_path, entries=[_entry(i) for i in items], next_link=nxt
+        folder_path=integration.folder_path,
+        entries=[_entry(i, linked) for i in items],
+        next_link=nxt,
     )
 
 
@@ -109,14 +130,17 @@ def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
         raise Conflict(f"This OneDrive file is already in your library as {linked}.")
     incoming = storage.new_incoming()
     try:
-        client.download(item_id, incoming)
+        # IncomingFile is a write-only file object (write + close), all download() uses.
+        client.download(item_id, cast(IO[bytes], incoming))
     except GraphError as exc:
         storage.discard(incoming)
         raise _graph_failure(exc) from exc
     except BaseException:
         storage.discard(incoming)
         raise
-    f = library.add_file(user_id, str(item.get("name", "imported")), incoming, storage)
+    f = library.add_file(
+        user_id, str(item.get("name", "imported")), incoming, storage, imported_item=item_id
+    )
     remote_hash = ((item.get("file") or {}).get("hashes") or {}).get("quickXorHash")
     if remote_hash and remote_hash == f.quick_xor_hash:
         # It is OneDrive's copy byte for byte: track it as synced instead of uploading it back.

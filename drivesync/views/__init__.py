@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Flask
 
+from . import accounts, errors, library, onedrive
+
 
 def register_blueprints(app: Flask) -> None:
-    """Register every blueprint on ``app``."""
-    from . import accounts, library, onedrive
-
+    """Register every blueprint on ``app``; ``errors`` answers errors for all of them."""
+    app.register_blueprint(errors.bp)
     app.register_blueprint(accounts.bp)
     app.register_blueprint(library.bp)
     app.register_blueprint(onedrive.bp)

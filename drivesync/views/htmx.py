@@ -1,19 +1,42 @@
-"""HTMX plumbing: detect htmx requests, redirect them, and vary caches on them."""
+"""HTMX plumbing: detect htmx requests, answer their actions, redirect them, vary caches on them.
+
+The one convention for htmx actions (htmx 2 does not swap 4xx/5xx responses, so an error sent
+with its HTTP status never reaches the page):
+
+- success: 2xx with the fragment the element's ``hx-target`` expects, or ``HX-Redirect``;
+- failure: 200 with the message, ``HX-Retarget: #flashes`` and ``HX-Reswap: innerHTML``, so it
+  lands in the flash area that ``base.html`` puts on every page and the target stays as it was
+  (``message_response``; the app's error handlers in ``views/errors.py`` use it for every error);
+- not signed in: 401 with ``HX-Redirect`` to sign-in (``views/accounts.py``).
+
+Requests without ``HX-Request`` keep full pages, redirects and flashed messages.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import redirect, request
-from flask_htmx import HTMX
+from flask import Response, redirect, render_template
+from flask_htmx import HTMX, make_response
 
 htmx = HTMX()
+
+FLASH_AREA = "#flashes"  # the id of the flash/message area in templates/base.html
 
 
 def is_htmx() -> bool:
     """Return whether the current request was made by htmx."""
-    return request.headers.get("HX-Request") == "true"
+    return bool(htmx)
+
+
+def message_response(message: str, category: str = "error", extra_html: str = "") -> Response:
+    """Answer an htmx request with ``message`` in the page's flash area (200, retargeted).
+
+    ``extra_html`` may carry ``hx-swap-oob`` fragments that refresh other parts of the page.
+    """
+    body = render_template("_flashes.html", messages=[(category, message)]) + extra_html
+    return make_response(body, 200, retarget=FLASH_AREA, reswap="innerHTML")
 
 
 def redirect_to(url: str) -> Any:
@@ -23,7 +46,7 @@ def redirect_to(url: str) -> Any:
     after a state change; ``HX-Redirect`` makes it load the page instead.
     """
     if is_htmx():
-        return "", 204, {"HX-Redirect": url}
+        return make_response("", 204, redirect=url)
     return redirect(url, code=303)
 
 

@@ -1,4 +1,4 @@
-"""The file library: list, upload, download, replace, delete."""
+"""The file library: list, upload, download, rename, replace, delete."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from ..services import library as library_service
 from ..services.errors import ValidationError
 from ..services.storage import IncomingFile
 from ..web import storage
-from .htmx import redirect_to, vary_on_htmx
+from .htmx import redirect_to, safe_next, vary_on_htmx
 
 bp = Blueprint("library", __name__, url_prefix="/library")
 
@@ -77,7 +77,7 @@ def upload() -> Any:
 @login_required
 def download(file_id: int) -> Any:
     """Send the file as an attachment under its original name."""
-    f = library_service.get_file(current_user.id, file_id)
+    f = library_service.download_file(current_user.id, file_id)
     response = send_file(
         storage().path(f.stored_path),
         mimetype=f.mime_type,
@@ -90,6 +90,29 @@ def download(file_id: int) -> Any:
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "private, no-store"
     return response
+
+
+@bp.post("/<int:file_id>/rename")
+@login_required
+def rename(file_id: int) -> Any:
+    """Rename a file (the way to fix a file OneDrive refused for its name)."""
+    f = library_service.get_file(current_user.id, file_id)  # 404 before 400 for others' ids
+    old = f.original_name
+    synced_as = f.onedrive_name if f.onedrive_id else None
+    failed = f.onedrive_sync_status == "error"
+    f = library_service.rename_file(current_user.id, file_id, request.form.get("name", ""))
+    if f.original_name == old:
+        flash(f"{old} keeps its name.", "info")
+    elif synced_as:
+        flash(
+            f"Renamed {old} to {f.original_name}. The copy in OneDrive keeps its name {synced_as}.",
+            "success",
+        )
+    elif failed:
+        flash(f"Renamed {old} to {f.original_name}. It waits for the next Sync All.", "success")
+    else:
+        flash(f"Renamed {old} to {f.original_name}.", "success")
+    return redirect_to(safe_next(request.form.get("next"), url_for("library.index")))
 
 
 @bp.post("/<int:file_id>/replace")

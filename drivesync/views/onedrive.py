@@ -25,6 +25,7 @@ from ..services import integrations, overview, remote
 from ..services import sync as sync_service
 from ..services.errors import Conflict, ServiceError
 from ..web import storage
+from .errors import error_response
 from .htmx import is_htmx, redirect_to, vary_on_htmx
 
 logger = logging.getLogger(__name__)
@@ -44,10 +45,25 @@ def _page() -> Any:
     return render_template("onedrive/settings.html", o=data)
 
 
-def _pending_partial(message: str | None = None) -> Any:
-    """Render the pending list (with progress and a message) and, out of band, the dashboard."""
+def _pending_partial() -> Any:
+    """Render the pending list (with progress) and, out of band, the dashboard."""
     data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
-    return render_template("onedrive/_pending_update.html", o=data, message=message)
+    return render_template("onedrive/_pending_update.html", o=data)
+
+
+@bp.errorhandler(ServiceError)
+def refused(exc: ServiceError) -> Any:
+    """Show why an action was refused; htmx also gets the files list and dashboard refreshed.
+
+    A refused Retry or Resolve usually means the list on screen is out of date (another tab,
+    a run that finished): the message goes to the flash area, the fresh list comes out of band.
+    """
+    fresh = ""
+    if is_htmx() and current_user.is_authenticated:
+        data = overview.overview(current_user.id, current_app.config["PENDING_LIST_LIMIT"])
+        if data.integration is not None:
+            fresh = render_template("onedrive/_pending_update.html", o=data, oob=True)
+    return error_response(exc.status, "That did not work", exc.message, fresh)
 
 
 def _after_action() -> Any:
@@ -149,10 +165,10 @@ def sync_all() -> Any:
     try:
         sync_service.request_sync(current_user.id)
     except ServiceError as exc:
-        if not is_htmx():
-            flash(exc.message, "error")
-            return redirect(_settings_url(), code=303)
-        return _pending_partial(exc.message)
+        if is_htmx():
+            raise  # refused() shows it in the flash area
+        flash(exc.message, "error")
+        return redirect(_settings_url(), code=303)
     return _after_action()
 
 
@@ -199,7 +215,9 @@ def import_file() -> Any:
     except (integrations.NotConnected, integrations.ReauthRequired) as exc:
         return _back_to_settings(exc.message)
     except Conflict as exc:
+        if is_htmx():
+            raise  # refused() shows it in the flash area
         flash(exc.message, "error")
-        return redirect_to(url_for("onedrive.browse"))
+        return redirect(url_for("onedrive.browse"), code=303)
     flash(f"Imported {f.original_name} into your library.", "success")
     return redirect_to(url_for("library.index"))

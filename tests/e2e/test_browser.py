@@ -199,9 +199,12 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
     for name in [f.name for f in files] + [PHONE]:
         expect(remote.locator(f'tr[data-name="{name}"]')).to_be_visible(timeout=T)
     live.shot(page, "browse-onedrive", doc=True)
-    # Importing a file the library already tracks is refused with a clear message.
-    remote.locator(f'tr[data-name="{PDF}"]').get_by_role("button", name="Import to library").click()
-    expect(page.locator("#flashes")).to_contain_text(f"already in your library as {PDF}", timeout=T)
+    # A file the library already tracks is marked and linked, not offered for import (issue 9).
+    pdf_row = remote.locator(f'tr[data-name="{PDF}"]')
+    expect(pdf_row.get_by_role("link", name="In your library")).to_have_attribute(
+        "href", re.compile(r"/library/\d+/download$"), timeout=T
+    )
+    expect(pdf_row.get_by_role("button", name="Import to library")).to_have_count(0)
     # Importing the new one copies it into the library, already synced.
     remote = page.locator("#remote-rows")
     remote.locator(f'tr[data-name="{PHONE}"]').get_by_role(

@@ -99,6 +99,7 @@ def test_isolation_matrix(app, two_users, emu):
                 f"/library/{fid}/replace",
                 {"csrf_token": token, "file": (io.BytesIO(b"evil"), "x.txt")},
             ),
+            ("POST", f"/library/{fid}/rename", {"csrf_token": token, "name": "mallory.txt"}),
             ("POST", f"/settings/onedrive/files/{fid}/retry", {"csrf_token": token}),
             *[
                 (

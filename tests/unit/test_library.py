@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from drivesync import events
 from drivesync.extensions import db
+from drivesync.graph.names import MAX_FILE_SIZE
 from drivesync.graph.quickxor import QuickXorHash
-from drivesync.models import File
+from drivesync.models import File, Integration
 from drivesync.scope import user_scope
+from drivesync.services import library
+from drivesync.services.errors import NotFound, ValidationError
 from tests.conftest import csrf_token, db_rows, upload_payload
 
 
@@ -216,6 +223,7 @@ def test_other_users_files_are_404(client, app, make_user, login, make_file):
         data={"csrf_token": token, "file": (io.BytesIO(b"bob was here"), "x.txt")},
     )
     assert r.status_code == 404
+    r = client.post(f"/library/{fid}/rename", data={"csrf_token": token, "name": "bob.txt"})
     assert r.status_code == 404
     assert "secret.txt" not in client.get("/library/").get_data(as_text=True)
     after = [(f.id, f.size, f.version, f.stored_path) for f in db_rows(app, File, alice)]
@@ -238,3 +246,151 @@ def test_security_headers(client):
     assert r.headers["X-Content-Type-Options"] == "nosniff"
     assert r.headers["Referrer-Policy"] == "same-origin"
     assert "<script>" not in r.get_data(as_text=True)
+
+
+@contextmanager
+def heard(signal: Any) -> Iterator[list[dict[str, Any]]]:
+    """Collect the keyword arguments of every ``signal`` sent inside the block."""
+    got: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        got.append(kwargs)
+
+    with signal.connected_to(receiver):
+        yield got
+
+
+def set_state(app, uid: int, fid: int, **values: Any) -> None:
+    """Set columns of a file directly in the database."""
+    with app.app_context(), user_scope(uid):
+        f = db.session.get(File, fid)
+        for key, value in values.items():
+            setattr(f, key, value)
+        db.session.commit()
+
+
+def rename(client, fid: int, name: str, next_url: str) -> Any:
+    """Post the plain (no JavaScript) rename form."""
+    data = {"csrf_token": csrf_token(client), "name": name, "next": next_url}
+    return client.post(f"/library/{fid}/rename", data=data)
+
+
+def test_rename_failed_file_waits_to_sync_again(client, app, alice, make_file):
+    """Renaming a file that failed for its name fixes it: new name and MIME type, not_synced."""
+    fid = make_file(alice, "scan:2024.jpg")
+    set_state(app, alice, fid, onedrive_sync_status="error", onedrive_error="bad name")
+    with heard(events.file_renamed) as got:
+        r = rename(client, fid, "scan 2024.pdf", "/library/")
+    assert r.status_code == 303 and r.headers["Location"] == "/library/"
+    [f] = db_rows(app, File, alice)
+    assert (f.original_name, f.mime_type) == ("scan 2024.pdf", "application/pdf")
+    assert (f.onedrive_sync_status, f.onedrive_error) == ("not_synced", None)
+    assert got == [
+        {"user_id": alice, "file_id": fid, "old_name": "scan:2024.jpg", "new_name": "scan 2024.pdf"}
+    ]
+    page = client.get("/library/").get_data(as_text=True)
+    assert "Renamed scan:2024.jpg to scan 2024.pdf. It waits for the next Sync All." in page
+
+
+def test_rename_synced_file_keeps_its_state(client, app, alice, make_file):
+    """A synced file renamed stays synced; the message says OneDrive's copy keeps its name."""
+    fid = make_file(alice, "a.txt")
+    set_state(
+        app, alice, fid, onedrive_sync_status="synced", onedrive_id="X", onedrive_name="a.txt"
+    )
+    r = rename(client, fid, "b.txt", "https://evil.example/")
+    assert r.status_code == 303 and r.headers["Location"] == "/library/"
+    [f] = db_rows(app, File, alice)
+    assert (f.original_name, f.onedrive_sync_status) == ("b.txt", "synced")
+    assert "The copy in OneDrive keeps its name a.txt." in client.get("/library/").get_data(
+        as_text=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "Type a new name"),
+        ("   ", "Type a new name"),
+        ("a:b.txt", "OneDrive does not allow these characters"),
+        ("dir/x.txt", "OneDrive does not allow these characters"),
+        ("CON.txt", "reserved name"),
+        ("trailing.", "end with a dot"),
+        ("tab\there.txt", "control characters"),
+        ("x" * 256, "longer than 255"),
+    ],
+)
+def test_rename_refuses_names_onedrive_refuses(app, alice, make_file, name, reason):
+    """A typed name OneDrive would refuse is refused with its reason, and nothing changes."""
+    fid = make_file(alice, "keep.txt")
+    with app.app_context(), user_scope(alice), pytest.raises(ValidationError) as err:
+        library.rename_file(alice, fid, name)
+    assert reason in err.value.message
+    assert db_rows(app, File, alice)[0].original_name == "keep.txt"
+
+
+def test_rename_is_scoped_to_the_owner(app, make_user, make_file):
+    """The service refuses another user's file id as NotFound."""
+    owner, other = make_user("o@example.com"), make_user("x@example.com")
+    fid = make_file(owner, "mine.txt")
+    with app.app_context(), user_scope(other), pytest.raises(NotFound):
+        library.rename_file(other, fid, "theirs.txt")
+    assert db_rows(app, File, owner)[0].original_name == "mine.txt"
+
+
+def test_rename_without_javascript_from_settings(client, app, alice, make_file):
+    """The plain rename form goes back to the page it came from (next), with the message."""
+    fid = make_file(alice, "x.txt")
+    r = rename(client, fid, "y.txt", "/settings/onedrive/")
+    assert r.status_code == 303 and r.headers["Location"] == "/settings/onedrive/"
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "offered", "not_offered"),
+    [
+        ("bad:name.txt", 10, "New name for bad:name.txt", ">Retry<"),
+        ("huge.bin", MAX_FILE_SIZE + 1, "Replace it with a smaller version", ">Retry<"),
+        ("busy.txt", 10, ">Retry<", "New name for"),
+    ],
+)
+def test_failed_file_offers_what_can_fix_it(
+    client, app, alice, make_file, name, size, offered, not_offered
+):
+    """A failed file offers Rename (bad name), Replace (too large) or Retry: never a dead end."""
+    fid = make_file(alice, name)
+    set_state(app, alice, fid, onedrive_sync_status="error", onedrive_error="Refused.", size=size)
+    with app.app_context(), user_scope(alice):
+        db.session.add(Integration(user_id=alice, folder_id="F", drive_type="personal"))
+        db.session.commit()
+    html = client.get("/settings/onedrive/").get_data(as_text=True)
+    row = html[html.index(f'id="pending-{fid}"') :]
+    row = row[: row.index("</tr>")]
+    assert offered in row and not_offered not in row
+
+
+def test_library_events(client, app, alice, make_file):
+    """Upload, download, replace and delete each send their domain event once."""
+    signals = {
+        "uploaded": events.file_uploaded,
+        "downloaded": events.file_downloaded,
+        "replaced": events.file_replaced,
+        "deleted": events.file_deleted,
+    }
+    token = csrf_token(client)
+    with ExitStack() as stack:
+        got = {k: stack.enter_context(heard(sig)) for k, sig in signals.items()}
+        client.post("/library/upload", data=upload_payload([("a.txt", b"one")], token))
+        [f] = db_rows(app, File, alice)
+        client.get(f"/library/{f.id}/download").close()
+        client.post(
+            f"/library/{f.id}/replace",
+            data={"csrf_token": token, "file": (io.BytesIO(b"two!"), "a.txt")},
+        )
+        client.post(f"/library/{f.id}/delete", data={"csrf_token": token})
+    base = {"user_id": alice, "file_id": f.id}
+    assert got == {
+        "uploaded": [{**base, "size": 3}],
+        "downloaded": [base],
+        "replaced": [{**base, "size": 4}],
+        "deleted": [base],
+    }
