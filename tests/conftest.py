@@ -153,14 +153,22 @@ def make_user(app: Flask) -> Callable[..., int]:
     return _make
 
 
+def sign_in_as(client: FlaskClient, user_id: int, **session_kwargs: Any) -> str:
+    """Open a server-side session for ``user_id`` and put its key into ``client``'s cookie."""
+    with client.application.app_context():
+        key = accounts.start_session(user_id)
+    with client.session_transaction(**session_kwargs) as sess:
+        sess["_user_id"] = key
+        sess["_fresh"] = True
+    return key
+
+
 @pytest.fixture
 def login(client: FlaskClient) -> Callable[[int], None]:
     """Sign a user in without the form (same trick as redash's authenticate_request)."""
 
     def _login(user_id: int) -> None:
-        with client.session_transaction() as sess:
-            sess["_user_id"] = str(user_id)
-            sess["_fresh"] = True
+        sign_in_as(client, user_id)
 
     return _login
 

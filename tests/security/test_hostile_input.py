@@ -10,7 +10,7 @@ import pytest
 from flask import Flask
 
 from drivesync.models import File, Integration, OAuthToken, User
-from tests.conftest import PASSWORD, csrf_token, db_rows
+from tests.conftest import PASSWORD, csrf_token, db_rows, sign_in_as
 from tests.fixtures_emulator import ALEX, consent, csrf_from, query
 
 
@@ -147,8 +147,7 @@ def test_missing_or_wrong_csrf_token(client, app, alice, make_file, path):
 def test_tampered_session_cookie_is_anonymous(client, app, make_user):
     """A session cookie whose signature does not match signs nobody in."""
     uid = make_user("mallory-target@example.com")
-    with client.session_transaction() as sess:
-        sess["_user_id"] = str(uid)
+    sign_in_as(client, uid)
     cookie = client.get_cookie("session")
     assert cookie is not None
     payload, _, sig = cookie.value.rpartition(".")
