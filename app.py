@@ -70,6 +70,12 @@ def main() -> int:
     if emulator:
         print(f"  OneDrive  local emulator at {emulator.url} (accounts alex@contoso.example,")
         print("            megan@fabrikam.example; it starts empty on every run)")
+    if app.config.get("SMTP_URL"):
+        print("  mail      sent through DRIVESYNC_SMTP_URL")
+    else:
+        from drivesync.mail import outbox_dir
+
+        print(f"  mail      written to {outbox_dir(app)}/ (sign-up and password reset links)")
     print("  stop      Ctrl+C\n", flush=True)
     try:
         app.run(host=host, port=port, threaded=True, use_reloader=False)

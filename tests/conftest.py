@@ -197,6 +197,31 @@ def csrf_token(client: FlaskClient, path: str = "/library/") -> str:
     return match.group(1)
 
 
+def outbox_messages(app: Flask, count: int = 1, timeout: float = 10.0) -> list[str]:
+    """Wait for ``count`` mails in the development outbox (``instance/outbox/``); return them."""
+    import time
+
+    outbox = Path(app.config["INSTANCE_DIR"]) / "outbox"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(outbox.glob("*.log"), key=lambda p: p.stat().st_mtime_ns)
+        texts = [f.read_text() for f in files]
+        # The file backend ends each message with a line of 79 dashes: only whole ones count.
+        if len([t for t in texts if t.rstrip().endswith("-" * 79)]) >= count:
+            return texts
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} mails arrived in {outbox}")
+
+
+def mailed_link(message: str, path: str) -> str:
+    """Return the site-relative link to ``path`` in a mail (``/signup/…``)."""
+    import re
+
+    match = re.search(rf"https?://[^/\s]+({re.escape(path)}[^\s]+)", message)
+    assert match, message
+    return match.group(1)
+
+
 def upload_payload(files: list[tuple[str, bytes]], token: str) -> dict[str, Any]:
     """Return form data for a multi-file upload."""
     return {"csrf_token": token, "files": [(io.BytesIO(d), n) for n, d in files]}

@@ -53,16 +53,19 @@ def normalise_email(email: str) -> str:
     return (email or "").strip().casefold()
 
 
-def validate_signup(email: str, password: str, confirm: str) -> dict[str, str]:
-    """Return field errors for a sign-up form (empty when it is acceptable)."""
-    errors: dict[str, str] = {}
+def validate_email(email: str) -> dict[str, str]:
+    """Return the e-mail field's error, if any."""
     email = normalise_email(email)
     if not email:
-        errors["email"] = "Enter your e-mail address."
-    elif len(email) > 254 or not EMAIL_RE.match(email):
-        errors["email"] = "Enter a valid e-mail address, like name@example.com."
-    errors.update(validate_password(password, confirm))
-    return errors
+        return {"email": "Enter your e-mail address."}
+    if len(email) > 254 or not EMAIL_RE.match(email):
+        return {"email": "Enter a valid e-mail address, like name@example.com."}
+    return {}
+
+
+def validate_signup(email: str, password: str, confirm: str) -> dict[str, str]:
+    """Return field errors for a sign-up form (empty when it is acceptable)."""
+    return {**validate_email(email), **validate_password(password, confirm)}
 
 
 def validate_password(password: str, confirm: str, field: str = "password") -> dict[str, str]:
@@ -137,6 +140,68 @@ def authenticate(email: str, password: str) -> User | None:
         user.password_hash = _hasher.hash(password)
         db.session.commit()
     return user
+
+
+# -- sign-up by mail ------------------------------------------------------------------------------
+
+SIGNUP_LINK_HOURS = 24
+
+
+def _signup_serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="drivesync-signup")
+
+
+def request_signup(email: str, link_for: Callable[[str], str], sign_in_url: str) -> None:
+    """Mail a link that finishes creating an account, or, when the address already has one, a
+    note saying so. The caller answers the same either way (probe L2: no enumeration), and no
+    password is hashed here, so a flood of sign-ups costs no Argon2 work.
+    """
+    errors = validate_email(email)
+    if errors:
+        raise ValidationError(errors)
+    email = normalise_email(email)
+    if _user_by_email(email) is not None:
+        mail.send(
+            email,
+            "You already have a drivesync account",
+            "Someone (hopefully you) tried to create a drivesync account with this address, "
+            "but it already has one.\n\n"
+            f"Sign in here: {sign_in_url}\n\n"
+            'Forgot your password? Use "Forgot password?" on that page.\n'
+            "If this was not you, ignore this mail: nothing has changed.\n",
+        )
+        return
+    link = link_for(str(_signup_serializer().dumps(email)))
+    mail.send(
+        email,
+        "Finish creating your drivesync account",
+        "Someone (hopefully you) asked to create a drivesync account with this address.\n\n"
+        f"Choose your password here (the link works for {SIGNUP_LINK_HOURS} hours):\n\n"
+        f"{link}\n\n"
+        "If this was not you, ignore this mail: no account is created.\n",
+    )
+
+
+def signup_email_for_token(token: str) -> str | None:
+    """Return the address a sign-up link is for, or ``None`` (expired, forged or used)."""
+    try:
+        email = _signup_serializer().loads(token, max_age=SIGNUP_LINK_HOURS * 3600)
+    except BadSignature:
+        return None
+    if not isinstance(email, str) or _user_by_email(email) is not None:
+        return None
+    return email
+
+
+def complete_signup(token: str, password: str, confirm: str) -> User:
+    """Create the account of a sign-up link with the chosen password."""
+    email = signup_email_for_token(token)
+    if email is None:
+        raise ValidationError({"token": SIGNUP_LINK_DEAD})
+    return create_user(email, password, confirm)
+
+
+SIGNUP_LINK_DEAD = "This sign-up link has expired or was already used."
 
 
 # -- sessions ------------------------------------------------------------------------------------

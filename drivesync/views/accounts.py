@@ -120,21 +120,62 @@ def index() -> Any:
     return redirect_to(url_for("accounts.login"))
 
 
+SIGNUP_SESSION_KEY = "signup_token"  # noqa: S105 - a session key name, not a secret
+
+
 @bp.route("/signup", methods=["GET", "POST"])
 @limiter.limit(_limit("SIGNUP_RATE_LIMIT"), methods=["POST"])
+@limiter.limit(_limit("SIGNUP_RATE_LIMIT"), methods=["POST"], key_func=_email_key)
 def signup() -> Any:
-    """Create an account and sign in."""
+    """Start an account: mail a link to the address (same answer whether it has one or not)."""
     if current_user.is_authenticated:
         return redirect_to(url_for("library.index"))
-    if current_app.config["SIGNUP"] == "closed":
-        return render_template("accounts/signup_closed.html"), 403
+    if current_app.config["SIGNUP"] == "closed" or not mail_enabled():
+        return render_template("accounts/signup_closed.html", can_mail=mail_enabled()), 403
+    errors: dict[str, str] = {}
+    email = request.form.get("email", "")
+    if request.method == "POST":
+        try:
+            accounts_service.request_signup(
+                email,
+                lambda token: _public_url("accounts.signup_link", token=token),
+                _public_url("accounts.login"),
+            )
+        except ValidationError as e:
+            errors = e.errors
+        else:
+            return render_template(
+                "accounts/signup_sent.html",
+                email=accounts_service.normalise_email(email),
+                hours=accounts_service.SIGNUP_LINK_HOURS,
+            )
+    return render_template("accounts/signup.html", errors=errors, email=email), (
+        400 if errors else 200
+    )
+
+
+@bp.get("/signup/<token>")
+def signup_link(token: str) -> Any:
+    """Take the sign-up token out of the URL into the session, then ask for a password."""
+    if len(token) > 500:
+        abort(404)
+    session[SIGNUP_SESSION_KEY] = token
+    return redirect_to(url_for("accounts.complete_signup"))
+
+
+@bp.route("/signup/complete", methods=["GET", "POST"])
+def complete_signup() -> Any:
+    """Choose the password of a new account, create it and sign in."""
+    token = session.get(SIGNUP_SESSION_KEY, "")
+    email = accounts_service.signup_email_for_token(token) if token else None
+    if email is None:
+        session.pop(SIGNUP_SESSION_KEY, None)
+        return render_template("accounts/signup_complete.html", dead=True, errors={}), 400
     errors: dict[str, str] = {}
     if request.method == "POST":
         try:
-            user = accounts_service.create_user(
-                request.form.get("email", ""),
-                request.form.get("password", ""),
-                request.form.get("confirm", ""),
+            user = accounts_service.complete_signup(
+                token, request.form.get("password", ""), request.form.get("confirm", "")
             )
         except ValidationError as e:
             errors = e.errors
@@ -142,10 +183,9 @@ def signup() -> Any:
             _sign_in(user, remember=False)
             flash("Welcome! Upload your first files below.", "success")
             return redirect_to(url_for("library.index"))
-    status = 400 if errors else 200
     return render_template(
-        "accounts/signup.html", errors=errors, email=request.form.get("email", "")
-    ), status
+        "accounts/signup_complete.html", dead=False, errors=errors, email=email
+    ), (400 if errors else 200)
 
 
 @bp.route("/login", methods=["GET", "POST"])
