@@ -54,13 +54,18 @@ def _enabled() -> bool:
 
 
 def _retry_after(limit: str, *key: str) -> int:
-    reset, _remaining = limiter.limiter.get_window_stats(parse(limit), *key)
+    reset, _remaining = limiter.limiter.get_window_stats(parse(limit), *_key(*key))
     return max(1, int(reset - time.time()))
+
+
+def _key(*parts: str) -> tuple[str, ...]:
+    """Namespace a counter key like flask-limiter's own (several apps may share one Redis)."""
+    return (current_app.config.get("RATELIMIT_KEY_PREFIX") or "drivesync", *parts)
 
 
 def hit(limit: str, message: str, *key: str) -> None:
     """Count one event against ``limit`` for ``key``; raise ``Throttled`` once it is spent."""
-    if _enabled() and not limiter.limiter.hit(parse(limit), *key):
+    if _enabled() and not limiter.limiter.hit(parse(limit), *_key(*key)):
         raise Throttled(message, _retry_after(limit, *key))
 
 
@@ -99,7 +104,7 @@ def before_sign_in(attempt: Attempt) -> None:
         hit(limit, TOO_MANY, "login-device", attempt.email, attempt.device)
         return
     key = ("login-account", attempt.email)
-    if not limiter.limiter.test(parse(limit), *key):
+    if not limiter.limiter.test(parse(limit), *_key(*key)):
         raise Throttled(TOO_MANY, _retry_after(limit, *key))
 
 
@@ -107,5 +112,5 @@ def sign_in_failed(attempt: Attempt) -> None:
     """Count a failed attempt against the account's budget for untrusted clients."""
     if _enabled() and not attempt.device:
         limiter.limiter.hit(
-            parse(current_app.config["LOGIN_RATE_LIMIT"]), "login-account", attempt.email
+            parse(current_app.config["LOGIN_RATE_LIMIT"]), *_key("login-account", attempt.email)
         )
