@@ -23,6 +23,8 @@ def main() -> int:
     if os.environ.get("DRIVESYNC_ENV") == "production":
         print("app.py is the development entry point; run gunicorn wsgi:app in production.")
         return 2
+    # The database, uploads, keys and outbox are private to this user (probe L9).
+    os.umask(0o077)
     host = os.environ.get("DRIVESYNC_HOST", "127.0.0.1")
     port = int(os.environ.get("DRIVESYNC_PORT", "5000"))
     emulator = None

@@ -14,6 +14,8 @@ from typing import Any
 
 from dotenv import load_dotenv
 
+from .graph.urls import DEFAULT_CONTENT_DOMAINS
+
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +81,14 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MS_REDIRECT_URI": env.get("DRIVESYNC_MS_REDIRECT_URI", ""),
         "ONEDRIVE_FOLDER": env.get("DRIVESYNC_ONEDRIVE_FOLDER", "drivesync"),
         "TOKEN_KEYS": env.get("DRIVESYNC_TOKEN_KEYS", ""),
+        # Hosts (and their subdomains) that Graph's download and upload URLs may point to.
+        "GRAPH_CONTENT_DOMAINS": [
+            d.strip()
+            for d in env.get(
+                "DRIVESYNC_GRAPH_CONTENT_DOMAINS", ",".join(DEFAULT_CONTENT_DOMAINS)
+            ).split(",")
+            if d.strip()
+        ],
         "UPLOAD_FRAGMENT_MB": _env_int(env, "DRIVESYNC_UPLOAD_FRAGMENT_MB", 10),
         # Background sync.
         "SYNC_BATCH_LIMIT": _env_int(env, "DRIVESYNC_SYNC_BATCH_LIMIT", 100),

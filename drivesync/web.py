@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from flask import (
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from wtforms.validators import ValidationError as WTFValidationError
 
@@ -245,9 +247,40 @@ def isotime(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
 
 
+class BoundedIntConverter(IntegerConverter):
+    """``<int:…>`` that matches only ids a database integer can hold (probe L8: a 30-digit id
+    overflowed SQLite and PostgreSQL with a 500; now it is simply not found)."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
+class AccessLogRedactor(logging.Filter):
+    """Keep one-time secrets out of the development server's access log (probe I2): the OAuth
+    callback's ``code`` and ``state``, and the tokens in reset and sign-up links."""
+
+    SECRET_PATHS = re.compile(
+        r"(/settings/onedrive/callback)\?\S*|(/password/reset/|/signup/)(?!complete\b)[^\s?]+"
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the request line of a record, if it has one."""
+        if isinstance(record.args, tuple) and record.args and isinstance(record.args[0], str):
+            line = self.SECRET_PATHS.sub(
+                lambda m: (m.group(1) + "?…") if m.group(1) else m.group(2) + "…", record.args[0]
+            )
+            record.args = (line, *record.args[1:])
+        return True
+
+
 def configure(app: Flask) -> None:
     """Wire the request class, headers, error pages and filters into ``app``."""
     _ensure_secret_key(app)
+    app.url_map.converters["int"] = BoundedIntConverter
+    werkzeug_log = logging.getLogger("werkzeug")
+    if not any(isinstance(f, AccessLogRedactor) for f in werkzeug_log.filters):
+        werkzeug_log.addFilter(AccessLogRedactor())
     app.request_class = StreamingRequest
     app.after_request(_security_headers)
     app.before_request(_scope_request)
