@@ -22,7 +22,7 @@ from flask import (
 )
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.routing import IntegerConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from wtforms.validators import ValidationError as WTFValidationError
@@ -297,6 +297,11 @@ def configure(app: Flask) -> None:
         endpoint="favicon",
         view_func=lambda: redirect(url_for("static", filename="img/favicon.svg"), code=301),
     )
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(e: SecurityError) -> Any:
+        # A Host outside TRUSTED_HOSTS: no URL can be built for it, so no page either (I3).
+        return "This server does not answer to that host name.", 400, {"Content-Type": "text/plain"}
 
     @app.errorhandler(CSRFError)
     def csrf_error(e: CSRFError) -> Any:
