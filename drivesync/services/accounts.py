@@ -147,6 +147,14 @@ def authenticate(email: str, password: str) -> User | None:
 SIGNUP_LINK_HOURS = 24
 
 
+def _loads(serializer: URLSafeTimedSerializer, token: str, max_age: int) -> Any:
+    """Return a signed token's payload, or ``None`` if it is forged or older than ``max_age``."""
+    try:
+        return serializer.loads(token, max_age=max_age)
+    except BadSignature:  # SignatureExpired is one too
+        return None
+
+
 def _signup_serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt="drivesync-signup")
 
@@ -184,10 +192,7 @@ def request_signup(email: str, link_for: Callable[[str], str], sign_in_url: str)
 
 def signup_email_for_token(token: str) -> str | None:
     """Return the address a sign-up link is for, or ``None`` (expired, forged or used)."""
-    try:
-        email = _signup_serializer().loads(token, max_age=SIGNUP_LINK_HOURS * 3600)
-    except BadSignature:
-        return None
+    email = _loads(_signup_serializer(), token, SIGNUP_LINK_HOURS * 3600)
     if not isinstance(email, str) or _user_by_email(email) is not None:
         return None
     return email
@@ -254,14 +259,16 @@ def session_user(key: str) -> User | None:
         return None
     user_id, token = parsed
     with user_scope(user_id):
-        row = db.session.execute(
-            db.select(UserSession).where(
-                UserSession.token_hash == _token_hash(token), UserSession.user_id == user_id
+        # One query per request: the user, only if this session of theirs is live.
+        return db.session.execute(
+            db.select(User)
+            .join(UserSession, UserSession.user_id == User.id)
+            .where(
+                User.id == user_id,
+                UserSession.token_hash == _token_hash(token),
+                UserSession.expires_at > utcnow(),
             )
         ).scalar_one_or_none()
-        if row is None or row.expires_at <= utcnow():
-            return None
-        return db.session.get(User, user_id)
 
 
 def end_session(key: str) -> None:
@@ -371,12 +378,7 @@ def request_password_reset(email: str, link_for: Callable[[str], str]) -> None:
 
 def user_for_reset_token(token: str) -> User | None:
     """Return the user a reset token is valid for, or ``None`` (expired, used or forged)."""
-    try:
-        data: Any = _reset_serializer().loads(
-            token, max_age=current_app.config["RESET_MINUTES"] * 60
-        )
-    except BadSignature:
-        return None
+    data = _loads(_reset_serializer(), token, current_app.config["RESET_MINUTES"] * 60)
     if not isinstance(data, dict) or not isinstance(data.get("u"), int):
         return None
     user = db.session.get(User, data["u"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -156,36 +157,20 @@ def signup() -> Any:
 
 @bp.get("/signup/<token>")
 def signup_link(token: str) -> Any:
-    """Take the sign-up token out of the URL into the session, then ask for a password."""
-    if len(token) > 500:
-        abort(404)
-    session[SIGNUP_SESSION_KEY] = token
-    return redirect_to(url_for("accounts.complete_signup"))
+    """Open a mailed sign-up link."""
+    return _link_hop(SIGNUP_SESSION_KEY, token, "accounts.complete_signup")
 
 
 @bp.route("/signup/complete", methods=["GET", "POST"])
 def complete_signup() -> Any:
     """Choose the password of a new account, create it and sign in."""
-    token = session.get(SIGNUP_SESSION_KEY, "")
-    email = accounts_service.signup_email_for_token(token) if token else None
-    if email is None:
-        session.pop(SIGNUP_SESSION_KEY, None)
-        return render_template("accounts/signup_complete.html", dead=True, errors={}), 400
-    errors: dict[str, str] = {}
-    if request.method == "POST":
-        try:
-            user = accounts_service.complete_signup(
-                token, request.form.get("password", ""), request.form.get("confirm", "")
-            )
-        except ValidationError as e:
-            errors = e.errors
-        else:
-            _sign_in(user, remember=False)
-            flash("Welcome! Upload your first files below.", "success")
-            return redirect_to(url_for("library.index"))
-    return render_template(
-        "accounts/signup_complete.html", dead=False, errors=errors, email=email
-    ), (400 if errors else 200)
+    return _password_form(
+        SIGNUP_SESSION_KEY,
+        "accounts/signup_complete.html",
+        accounts_service.signup_email_for_token,
+        accounts_service.complete_signup,
+        "Welcome! Upload your first files below.",
+    )
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -265,39 +250,59 @@ def forgot_password() -> Any:
 
 @bp.get("/password/reset/<token>")
 def reset_link(token: str) -> Any:
-    """Take the token out of the URL (logs, Referer) into the session, then show the form."""
-    if len(token) > 500:
-        abort(404)
-    session[RESET_SESSION_KEY] = token
-    return redirect_to(url_for("accounts.reset_password"))
+    """Open a mailed password-reset link."""
+    return _link_hop(RESET_SESSION_KEY, token, "accounts.reset_password")
 
 
 @bp.route("/password/reset", methods=["GET", "POST"])
 def reset_password() -> Any:
     """Choose a new password through a reset link; every session of the account ends."""
-    token = session.get(RESET_SESSION_KEY, "")
-    user = accounts_service.user_for_reset_token(token) if token else None
+    return _password_form(
+        RESET_SESSION_KEY,
+        "accounts/reset.html",
+        lambda token: (user := accounts_service.user_for_reset_token(token)) and user.email,
+        accounts_service.reset_password,
+        "Your password is changed and you are signed in. Every other session of your account "
+        "is signed out.",
+    )
+
+
+def _link_hop(session_key: str, token: str, endpoint: str) -> Any:
+    """Move a mailed token out of the URL (access logs, Referer) into the session, then redirect
+    to the form that uses it."""
+    if len(token) > 500:
+        abort(404)
+    session[session_key] = token
+    return redirect_to(url_for(endpoint))
+
+
+def _password_form(
+    session_key: str,
+    template: str,
+    email_for: Callable[[str], str | None],
+    complete: Callable[[str, str, str], User],
+    welcome: str,
+) -> Any:
+    """Show and handle the password form of a mailed link (sign-up or reset); on success the
+    mail has proved the address, so sign in here."""
+    token = session.get(session_key, "")
+    email = email_for(token) if token else None
+    if not email:
+        session.pop(session_key, None)
+        return render_template(template, dead=True, errors={}), 400
     errors: dict[str, str] = {}
-    if user is None:
-        session.pop(RESET_SESSION_KEY, None)
-        return render_template("accounts/reset.html", dead=True, errors={}), 400
     if request.method == "POST":
         try:
-            user = accounts_service.reset_password(
+            user = complete(
                 token, request.form.get("password", ""), request.form.get("confirm", "")
             )
         except ValidationError as e:
             errors = e.errors
         else:
-            # The mail proved the address: sign in here (every other session has ended).
             _sign_in(user, remember=False)
-            flash(
-                "Your password is changed and you are signed in. Every other session of "
-                "your account is signed out.",
-                "success",
-            )
+            flash(welcome, "success")
             return redirect_to(url_for("library.index"))
-    return render_template("accounts/reset.html", dead=False, errors=errors, email=user.email), (
+    return render_template(template, dead=False, errors=errors, email=email), (
         400 if errors else 200
     )
 
