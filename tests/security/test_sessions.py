@@ -150,7 +150,7 @@ def test_sign_out_everywhere_ends_every_other_session(app, bob):
         sign_in(c, "bob@example.com", remember=True)
     stolen = cookie(other, "remember_token")
     page = mine.get("/account/security").get_data(as_text=True)
-    assert "signed in 3 times" in page
+    assert "3 active sessions" in page
     r = mine.post(
         "/account/security/sign-out-everywhere",
         data={"csrf_token": csrf_token(mine, "/account/security")},
