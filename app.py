@@ -23,6 +23,8 @@ def main() -> int:
     if os.environ.get("DRIVESYNC_ENV") == "production":
         print("app.py is the development entry point; run gunicorn wsgi:app in production.")
         return 2
+    # The database, uploads, keys and outbox are private to this user (probe L9).
+    os.umask(0o077)
     host = os.environ.get("DRIVESYNC_HOST", "127.0.0.1")
     port = int(os.environ.get("DRIVESYNC_PORT", "5000"))
     emulator = None
@@ -70,6 +72,12 @@ def main() -> int:
     if emulator:
         print(f"  OneDrive  local emulator at {emulator.url} (accounts alex@contoso.example,")
         print("            megan@fabrikam.example; it starts empty on every run)")
+    if app.config.get("SMTP_URL"):
+        print("  mail      sent through DRIVESYNC_SMTP_URL")
+    else:
+        from drivesync.mail import outbox_dir
+
+        print(f"  mail      written to {outbox_dir(app)}/ (sign-up and password reset links)")
     print("  stop      Ctrl+C\n", flush=True)
     try:
         app.run(host=host, port=port, threaded=True, use_reloader=False)

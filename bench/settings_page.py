@@ -27,6 +27,7 @@ from drivesync import create_app  # noqa: E402
 from drivesync.extensions import db  # noqa: E402
 from drivesync.models import File, Integration, SyncRun, User  # noqa: E402
 from drivesync.scope import user_scope  # noqa: E402
+from drivesync.services import accounts  # noqa: E402
 
 
 def _rows(owner_id: int, start: int, stop: int, pending: int, run_id: int) -> list[dict]:
@@ -91,8 +92,10 @@ def _seed(app, email: str, n: int, pending: int) -> int:
 
 
 def _measure(app, client, uid: int, path: str, counter: list[int]) -> tuple[int, float]:
+    with app.app_context():
+        key = accounts.start_session(uid)
     with client.session_transaction() as sess:
-        sess["_user_id"] = str(uid)
+        sess["_user_id"] = key  # a server-side session key, as a real sign-in gives
         sess["_fresh"] = True
     counter[0] = 0
     t0 = time.perf_counter()

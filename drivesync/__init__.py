@@ -36,6 +36,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     login_manager.init_app(app)
     csrf.init_app(app)
+    from . import mail
+
+    mail.init_app(app)
     limiter.init_app(app)
 
     from . import tasks

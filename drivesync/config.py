@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
 
 from .graph.oauth import DEFAULT_AUTHORITY, DEFAULT_SCOPES, DEFAULT_TENANT
+from .graph.urls import DEFAULT_CONTENT_DOMAINS
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +82,14 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "MS_REDIRECT_URI": env.get("DRIVESYNC_MS_REDIRECT_URI", ""),
         "ONEDRIVE_FOLDER": env.get("DRIVESYNC_ONEDRIVE_FOLDER") or "drivesync",
         "TOKEN_KEYS": env.get("DRIVESYNC_TOKEN_KEYS", ""),
+        # Hosts (and their subdomains) that Graph's download and upload URLs may point to.
+        "GRAPH_CONTENT_DOMAINS": [
+            d.strip()
+            for d in env.get(
+                "DRIVESYNC_GRAPH_CONTENT_DOMAINS", ",".join(DEFAULT_CONTENT_DOMAINS)
+            ).split(",")
+            if d.strip()
+        ],
         "UPLOAD_FRAGMENT_MB": _env_int(env, "DRIVESYNC_UPLOAD_FRAGMENT_MB", 10),
         # Background sync.
         "SYNC_BATCH_LIMIT": _env_int(env, "DRIVESYNC_SYNC_BATCH_LIMIT", 100),
@@ -97,8 +107,36 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # "module:attr" of a callable user_id -> Drive; empty = Microsoft Graph (tests swap it).
         "SYNC_DRIVE_FACTORY": env.get("DRIVESYNC_SYNC_DRIVE_FACTORY", ""),
         # Sign-in rate limiting (flask-limiter storage URI).
-        "RATELIMIT_STORAGE_URI": env.get("DRIVESYNC_RATELIMIT_STORAGE_URI", "memory://"),
+        # Production keeps the counters in Redis (the Celery broker's, unless set), so every
+        # worker and host shares them; memory:// counts per process.
+        "RATELIMIT_STORAGE_URI": env.get("DRIVESYNC_RATELIMIT_STORAGE_URI")
+        or (
+            env.get("DRIVESYNC_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+            if production
+            else "memory://"
+        ),
+        # Set when production really runs one process (memory:// counters are then whole).
+        "SINGLE_PROCESS": _env_bool(env, "DRIVESYNC_SINGLE_PROCESS", False),
         "LOGIN_RATE_LIMIT": env.get("DRIVESYNC_LOGIN_RATE_LIMIT", "10 per minute"),
+        "SIGNUP_RATE_LIMIT": env.get("DRIVESYNC_SIGNUP_RATE_LIMIT", "5 per hour"),
+        "RESET_RATE_LIMIT": env.get("DRIVESYNC_RESET_RATE_LIMIT", "5 per hour"),
+        # Accounts: open sign-up (with a mailed link) or closed (accounts made with the CLI).
+        "SIGNUP": env.get("DRIVESYNC_SIGNUP", "open"),
+        # Sessions: a sign-in lasts SESSION_HOURS, or REMEMBER_DAYS with "Keep me signed in".
+        "SESSION_HOURS": _env_int(env, "DRIVESYNC_SESSION_HOURS", 12),
+        "REMEMBER_DAYS": _env_int(env, "DRIVESYNC_REMEMBER_DAYS", 30),
+        # Password reset links expire after this many minutes.
+        "RESET_MINUTES": _env_int(env, "DRIVESYNC_RESET_MINUTES", 30),
+        # Mail: smtp://, smtp+starttls:// or smtps:// (empty: development writes instance/outbox/).
+        "SMTP_URL": env.get("DRIVESYNC_SMTP_URL", ""),
+        # The site's public address for links in mails (else MS_REDIRECT_URI's, else the request's).
+        "PUBLIC_URL": env.get("DRIVESYNC_PUBLIC_URL", ""),
+        "MAIL_FROM": env.get("DRIVESYNC_MAIL_FROM", "drivesync <no-reply@localhost>"),
+        # Host names the app answers to (comma-separated); empty accepts any Host header.
+        "TRUSTED_HOSTS": [
+            h.strip() for h in env.get("DRIVESYNC_TRUSTED_HOSTS", "").split(",") if h.strip()
+        ]
+        or None,
         # Development only: the bundled OneDrive emulator's base URL.
         "EMULATOR_URL": env.get("DRIVESYNC_EMULATOR_URL", ""),
         # Flask / cookies.
@@ -107,11 +145,13 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SESSION_COOKIE_SECURE": _env_bool(env, "DRIVESYNC_SECURE_COOKIES", production),
         "REMEMBER_COOKIE_SECURE": _env_bool(env, "DRIVESYNC_SECURE_COOKIES", production),
         "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "TESTING": False,
     }
     cfg["MAX_CONTENT_LENGTH"] = cfg["MAX_UPLOAD_MB"] * 1024 * 1024
+    cfg["REMEMBER_COOKIE_DURATION"] = timedelta(days=cfg["REMEMBER_DAYS"])
     if cfg["SQLALCHEMY_DATABASE_URI"].startswith("postgres://"):
         raise ConfigError("DRIVESYNC_DATABASE_URL must use postgresql+psycopg://, not postgres://")
     return cfg
@@ -137,6 +177,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_ONEDRIVE_FOLDER must name a folder, e.g. drivesync")
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
         raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
+    if cfg["SIGNUP"] not in {"open", "closed"}:
+        raise ConfigError("DRIVESYNC_SIGNUP must be open or closed")
+    for key, low in (("SESSION_HOURS", 1), ("REMEMBER_DAYS", 1), ("RESET_MINUTES", 5)):
+        if cfg[key] < low:
+            raise ConfigError(f"DRIVESYNC_{key} must be at least {low}")
     fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024
     if fragment <= 0 or fragment % (320 * 1024) or fragment > 60 * 1024 * 1024:
         raise ConfigError(
@@ -158,5 +203,16 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         for key in ("MS_CLIENT_ID", "MS_CLIENT_SECRET"):
             if not cfg[key]:
                 raise ConfigError(f"production needs DRIVESYNC_{key}")
+        if cfg["RATELIMIT_STORAGE_URI"].startswith("memory://") and not cfg["SINGLE_PROCESS"]:
+            # Each gunicorn worker would keep its own counters: 4 workers, 4 times the guesses.
+            raise ConfigError(
+                "production needs shared rate-limit counters: set DRIVESYNC_RATELIMIT_STORAGE_URI "
+                "to redis://… (or DRIVESYNC_SINGLE_PROCESS=true if only one process serves)"
+            )
+        if not (cfg["MS_REDIRECT_URI"] or cfg.get("TRUSTED_HOSTS")):
+            # Else the OAuth redirect URI would follow a client's Host / X-Forwarded-Host.
+            raise ConfigError(
+                "production needs DRIVESYNC_MS_REDIRECT_URI or DRIVESYNC_TRUSTED_HOSTS"
+            )
         if cfg["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
             logger.warning("production is running on SQLite; PostgreSQL is recommended")

@@ -228,3 +228,24 @@ class SyncRun(Model):
 
     def __repr__(self) -> str:
         return f"<SyncRun {self.id} {self.status} {self.done}/{self.total}>"
+
+
+class UserSession(Model):
+    """One signed-in session (a browser's sign-in, and its remember-me cookie if asked for).
+
+    The cookie carries ``<user id>:<token>``; only the token's SHA-256 is stored. Deleting the
+    row ends the session and its remember-me cookie on the server (sign-out, password change,
+    sign out everywhere); ``expires_at`` bounds it whatever the cookie claims.
+    """
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    remember: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<UserSession {self.id} user={self.user_id}>"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,9 +19,15 @@ from flask import (
     current_app,
     g,
     redirect,
-    session,
+    request,
     url_for,
 )
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError, validate_csrf
+from werkzeug.exceptions import SecurityError
+from werkzeug.routing import IntegerConverter
+from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
+from wtforms.validators import ValidationError as WTFValidationError
 
 from .scope import reset_scope, set_scope
 from .services.library import sync_fix
@@ -80,21 +87,121 @@ def _security_headers(response: Any) -> Any:
     response.headers.setdefault("Referrer-Policy", "same-origin")
     response.headers.setdefault("X-Frame-Options", "DENY")
     response.headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    # No other site may embed our responses (an <img> of a download is an XS-leak, probe L6).
+    response.headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
+    if request.endpoint != "static" and g.get("_scope_user") is not None:
+        # Signed-in pages list document names: no shared or browser cache keeps them (I8).
+        response.headers.setdefault("Cache-Control", "no-store")
     if cfg.get("ENV_NAME") == "production":
         response.headers.setdefault("Strict-Transport-Security", "max-age=63072000")
     return response
 
 
 def _scope_request() -> None:
-    """Scope the request's database work to the signed-in user (the session cookie is signed)."""
-    raw = session.get("_user_id")
-    g._scope_token = set_scope(int(raw) if raw and str(raw).isdigit() else None)
+    """Scope the request's database work to the signed-in user.
+
+    The user comes from flask-login, which loads it from the session *or* the remember-me
+    cookie. Reading ``session["_user_id"]`` here instead missed the remember-me path: that key
+    is only filled when flask-login loads the user, later, inside the view, so such a request
+    ran unscoped and saw an empty library under row-level security (probe L7).
+    """
+    uid = None
+    if request.endpoint != "static" and current_user.is_authenticated:
+        uid = int(current_user.id)
+    g._scope_user = uid
+    g._scope_token = set_scope(uid)
 
 
 def _unscope_request(exc: BaseException | None) -> None:
     token = g.pop("_scope_token", None)
     if token is not None:
         reset_scope(token)
+
+
+class _PrefixedStream:
+    """A body stream whose first bytes were already read (and are handed out again first)."""
+
+    def __init__(self, prefix: bytes, rest: Any) -> None:
+        self._prefix = prefix
+        self._rest = rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            if size is None or size < 0:
+                data, self._prefix = self._prefix + self._rest.read(), b""
+                return bytes(data)
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            return data
+        return bytes(self._rest.read(size))
+
+    def readable(self) -> bool:
+        return True
+
+
+def _first_part_token() -> str | None:
+    """Read just the first part of a multipart body; return it if it is the CSRF field.
+
+    Browsers send parts in form order and our upload forms put ``csrf_token`` first, so the
+    token is known before any file part exists. The bytes read are put back for the parser.
+    """
+    boundary = request.mimetype_params.get("boundary")
+    if not boundary:
+        return None
+    stream = request.stream
+    decoder = MultipartDecoder(boundary.encode(), max_form_memory_size=4096)
+    seen: list[bytes] = []
+    value: list[bytes] = []
+    token: str | None = None
+    done = False
+    try:
+        while not done and sum(map(len, seen)) < _PEEK_LIMIT:
+            chunk = stream.read(4096)
+            seen.append(chunk)
+            decoder.receive_data(chunk or None)
+            event = decoder.next_event()
+            while not isinstance(event, NeedData | Epilogue):
+                if isinstance(event, File) or (
+                    isinstance(event, Field) and event.name != "csrf_token"
+                ):
+                    done = True
+                    break
+                if isinstance(event, Data):
+                    value.append(event.data)
+                    if not event.more_data:
+                        token = b"".join(value).decode("utf-8", "replace")
+                        done = True
+                        break
+                event = decoder.next_event()
+            if not chunk:
+                break
+    except ValueError:  # a malformed body: the parser will say so properly
+        token = None
+    request.__dict__["stream"] = _PrefixedStream(b"".join(seen), stream)
+    return token
+
+
+_PEEK_LIMIT = 64 * 1024
+
+
+def _guard_multipart() -> Any:
+    """Refuse a multipart body, the only kind that streams to disk, before reading a byte of it
+    unless a signed-in user sends it with a valid CSRF token (probe L3).
+
+    Runs before Flask-WTF's own check, which would parse (and store) the whole body first.
+    """
+    if request.method != "POST" or request.mimetype != "multipart/form-data":
+        return None
+    if g.get("_scope_user") is None:
+        response = current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
+        response = current_app.make_response(response)
+        response.headers["Connection"] = "close"  # the unread body must not become a request
+        return response
+    token = request.headers.get("X-CSRFToken") or _first_part_token()
+    try:
+        validate_csrf(token)
+    except WTFValidationError as exc:
+        raise CSRFError(str(exc)) from None
+    return None
 
 
 def _discard_incoming(exc: BaseException | None) -> None:
@@ -138,12 +245,44 @@ def isotime(when: datetime | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
 
 
+class BoundedIntConverter(IntegerConverter):
+    """``<int:…>`` that matches only ids a database integer can hold (probe L8: a 30-digit id
+    overflowed SQLite and PostgreSQL with a 500; now it is simply not found)."""
+
+    def __init__(self, url_map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(url_map, *args, **kwargs)
+
+
+class AccessLogRedactor(logging.Filter):
+    """Keep one-time secrets out of the development server's access log (probe I2): the OAuth
+    callback's ``code`` and ``state``, and the tokens in reset and sign-up links."""
+
+    SECRET_PATHS = re.compile(
+        r"(/settings/onedrive/callback)\?\S*|(/password/reset/|/signup/)(?!complete\b)[^\s?]+"
+    )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the request line of a record, if it has one."""
+        if isinstance(record.args, tuple) and record.args and isinstance(record.args[0], str):
+            line = self.SECRET_PATHS.sub(
+                lambda m: (m.group(1) + "?…") if m.group(1) else m.group(2) + "…", record.args[0]
+            )
+            record.args = (line, *record.args[1:])
+        return True
+
+
 def configure(app: Flask) -> None:
     """Wire the request class, headers, request scoping and template filters into ``app``."""
     _ensure_secret_key(app)
+    app.url_map.converters["int"] = BoundedIntConverter
+    werkzeug_log = logging.getLogger("werkzeug")
+    if not any(isinstance(f, AccessLogRedactor) for f in werkzeug_log.filters):
+        werkzeug_log.addFilter(AccessLogRedactor())
     app.request_class = StreamingRequest
     app.after_request(_security_headers)
     app.before_request(_scope_request)
+    app.before_request(_guard_multipart)
     app.teardown_request(_discard_incoming)
     app.teardown_request(_unscope_request)
     app.jinja_env.filters["humansize"] = humansize
@@ -162,3 +301,8 @@ def configure(app: Flask) -> None:
         endpoint="favicon",
         view_func=lambda: redirect(url_for("static", filename="img/favicon.svg"), code=301),
     )
+
+    @app.errorhandler(SecurityError)
+    def untrusted_host(e: SecurityError) -> Any:
+        # A Host outside TRUSTED_HOSTS: no URL can be built for it, so no page either (I3).
+        return "This server does not answer to that host name.", 400, {"Content-Type": "text/plain"}

@@ -153,14 +153,22 @@ def make_user(app: Flask) -> Callable[..., int]:
     return _make
 
 
+def sign_in_as(client: FlaskClient, user_id: int, **session_kwargs: Any) -> str:
+    """Open a server-side session for ``user_id`` and put its key into ``client``'s cookie."""
+    with client.application.app_context():
+        key = accounts.start_session(user_id)
+    with client.session_transaction(**session_kwargs) as sess:
+        sess["_user_id"] = key
+        sess["_fresh"] = True
+    return key
+
+
 @pytest.fixture
 def login(client: FlaskClient) -> Callable[[int], None]:
     """Sign a user in without the form (same trick as redash's authenticate_request)."""
 
     def _login(user_id: int) -> None:
-        with client.session_transaction() as sess:
-            sess["_user_id"] = str(user_id)
-            sess["_fresh"] = True
+        sign_in_as(client, user_id)
 
     return _login
 
@@ -186,6 +194,31 @@ def csrf_token(client: FlaskClient, path: str = "/library/") -> str:
     html = client.get(path).get_data(as_text=True)
     match = re.search(r'name="csrf_token" value="([^"]+)"', html)
     assert match, f"no CSRF token on {path}"
+    return match.group(1)
+
+
+def outbox_messages(app: Flask, count: int = 1, timeout: float = 10.0) -> list[str]:
+    """Wait for ``count`` mails in the development outbox (``instance/outbox/``); return them."""
+    import time
+
+    outbox = Path(app.config["INSTANCE_DIR"]) / "outbox"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        files = sorted(outbox.glob("*.log"), key=lambda p: p.stat().st_mtime_ns)
+        texts = [f.read_text() for f in files]
+        # The file backend ends each message with a line of 79 dashes: only whole ones count.
+        if len([t for t in texts if t.rstrip().endswith("-" * 79)]) >= count:
+            return texts
+        time.sleep(0.02)
+    raise AssertionError(f"fewer than {count} mails arrived in {outbox}")
+
+
+def mailed_link(message: str, path: str) -> str:
+    """Return the site-relative link to ``path`` in a mail (``/signup/…``)."""
+    import re
+
+    match = re.search(rf"https?://[^/\s]+({re.escape(path)}[^\s]+)", message)
+    assert match, message
     return match.group(1)
 
 

@@ -265,6 +265,7 @@ def network_error(exc: BaseException) -> GraphError:
     kind = type(exc).__name__
     # A certificate failure will not heal by retrying; everything else on the wire might.
     retryable = not isinstance(exc, requests.exceptions.SSLError)
+    retryable = retryable and not getattr(exc, "permanent", False)  # e.g. graph.urls refusals
     message = f"{kind} while talking to Microsoft"
     return GraphError(message, code="networkError", retryable=retryable)
 

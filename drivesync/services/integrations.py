@@ -20,7 +20,7 @@ from sqlalchemy.orm import undefer
 
 from .. import events
 from ..extensions import db
-from ..graph import oauth
+from ..graph import oauth, urls
 from ..graph.client import GraphClient
 from ..graph.errors import AuthError
 from ..graph.retry import Pacer
@@ -330,6 +330,11 @@ def graph_client_for(user_id: int) -> tuple[GraphClient, Integration]:
     integration = require_integration(user_id)
     client = GraphClient(
         TokenProvider(user_id, integration.id), base_url=current_app.config["GRAPH_URL"]
+    )
+    # Downloads and upload sessions go only where the configuration allows (probe L5).
+    urls.enforce(
+        client.plain_session,
+        urls.UrlPolicy(client.base_url, current_app.config["GRAPH_CONTENT_DOMAINS"]),
     )
     return client, integration
 

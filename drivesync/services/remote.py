@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass
 from typing import IO, cast
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
@@ -49,7 +50,8 @@ def _entry(item: DriveItem, linked: dict[str, tuple[int, str]]) -> RemoteEntry:
     file_id, name = linked.get(str(item.get("id")), (None, None))
     return RemoteEntry(
         id=str(item.get("id")),
-        name=str(item.get("name", "")),
+        # Shown on the browse page: drop bidi overrides and other controls (probe I9).
+        name="".join(c for c in str(item.get("name", "")) if unicodedata.category(c)[0] != "C"),
         size=int(item.get("size") or 0),
         is_folder="folder" in item,
         mime_type=(item.get("file") or {}).get("mimeType"),
@@ -80,14 +82,36 @@ def _graph_failure(exc: GraphError) -> ServiceError:
     return err
 
 
+_PAGE_QUERY_KEYS = {"$top", "$skiptoken", "$skip", "$select", "$expand", "$orderby"}
+
+
 def _is_folder_page_link(link: str, base_url: str, folder_id: str | None) -> bool:
-    """Return whether ``link`` is Graph's next-page link for our folder's children."""
-    path = urlsplit(link).path
-    return (
-        link.startswith(base_url.rstrip("/") + "/")
-        and bool(folder_id)
-        and f"/items/{folder_id}/children" in unquote(path)
-    )
+    """Return whether ``link`` is Graph's next-page link for our folder's children.
+
+    The path is compared whole, segment by segment, after refusing dot segments (raw or
+    percent-encoded) and empty ones: ``requests`` removes dot segments before sending, so a
+    substring test let ``…/children/../../root/children`` list the drive root (probe L4).
+    """
+    if not folder_id:
+        return False
+    try:
+        link_parts, base = urlsplit(link), urlsplit(base_url.rstrip("/"))
+    except ValueError:
+        return False
+    if (link_parts.scheme, link_parts.netloc) != (base.scheme, base.netloc) or link_parts.fragment:
+        return False
+    if not link_parts.path.startswith(base.path + "/"):
+        return False
+    segments = [unquote(seg) for seg in link_parts.path[len(base.path) + 1 :].split("/")]
+    if any(seg in ("", ".", "..") or "/" in seg for seg in segments):
+        return False
+    tail = ["items", folder_id, "children"]
+    if segments != ["me", "drive", *tail] and not (
+        len(segments) == 5 and segments[0] == "drives" and segments[2:] == tail
+    ):
+        return False
+    keys = {k for k, _ in parse_qsl(link_parts.query, keep_blank_values=True)}
+    return keys <= _PAGE_QUERY_KEYS
 
 
 def browse(user_id: int, next_link: str | None = None) -> RemotePage:

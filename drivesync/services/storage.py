@@ -26,7 +26,9 @@ class IncomingFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh: BinaryIO = open(path, "xb")  # noqa: SIM115 - closed by close()
+        # Private to the service's user whatever the umask (probe L9: uploads were 0644).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self._fh: BinaryIO = os.fdopen(fd, "wb")
         self.size = 0
         self._sha256 = hashlib.sha256()
         self._qxh = QuickXorHash()
@@ -81,7 +83,9 @@ class LocalStorage:
         self.root = Path(root)
 
     def _ensure(self) -> None:
-        (self.root / _INCOMING).mkdir(parents=True, exist_ok=True)
+        if not (self.root / _INCOMING).is_dir():
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            (self.root / _INCOMING).mkdir(mode=0o700, exist_ok=True)
 
     def new_incoming(self) -> IncomingFile:
         """Return a new ``IncomingFile`` in the storage folder (same filesystem: cheap rename)."""

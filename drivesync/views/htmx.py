@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from flask import Response, redirect, render_template
 from flask_htmx import HTMX, make_response
+from werkzeug.urls import iri_to_uri
 
 htmx = HTMX()
 
@@ -46,7 +47,8 @@ def redirect_to(url: str) -> Any:
     after a state change; ``HX-Redirect`` makes it load the page instead.
     """
     if is_htmx():
-        return make_response("", 204, redirect=url)
+        # A header must be Latin-1: percent-encode any other character (probe L8).
+        return make_response("", 204, redirect=iri_to_uri(url))
     return redirect(url, code=303)
 
 
@@ -57,7 +59,7 @@ def safe_next(target: str | None, default: str) -> str:
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return default
-    if "\\" in target or any(ord(c) < 32 for c in target):
+    if "\\" in target or not target.isprintable():  # control, DEL, U+2028 … (probe L8)
         return default
     return target
 

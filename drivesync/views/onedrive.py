@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import time
 from typing import Any
 
@@ -24,6 +25,7 @@ from ..graph.errors import GraphError
 from ..services import integrations, overview, remote
 from ..services import sync as sync_service
 from ..services.errors import Conflict, ServiceError
+from ..vault import VaultError
 from ..web import storage
 from .errors import error_response
 from .htmx import is_htmx, redirect_to, vary_on_htmx
@@ -34,6 +36,10 @@ bp = Blueprint("onedrive", __name__, url_prefix="/settings/onedrive")
 
 STATE_TTL = 600  # seconds a sign-in may take before its state expires
 RESOLUTIONS = {"keep_both", "replace", "skip"}
+
+
+def _pkce_context() -> str:
+    return f"pkce-verifier:{current_user.id}"
 
 
 def _settings_url() -> str:
@@ -100,7 +106,8 @@ def connect() -> Any:
     start = integrations.begin_connect(url_for("onedrive.callback", _external=True))
     session["onedrive_oauth"] = {
         "state": start.state,
-        "verifier": start.code_verifier,
+        # The session cookie is signed, not encrypted: seal the verifier (probe I2).
+        "verifier": integrations.vault().encrypt(start.code_verifier, _pkce_context()),
         "user": current_user.id,
         "at": int(time.time()),
     }
@@ -127,17 +134,23 @@ def callback() -> Any:
         if error == "access_denied":
             flash("You cancelled the Microsoft sign-in, so OneDrive was not connected.", "info")
         else:
-            logger.info("OneDrive sign-in for user %s failed: %s", current_user.id, error[:80])
+            # The value comes from the query string: log only a safe form of it (probe I7).
+            safe_error = re.sub(r"[^A-Za-z0-9_.-]", "?", error[:80])
+            logger.info("OneDrive sign-in for user %s failed: %s", current_user.id, safe_error)
             flash("Microsoft could not complete the sign-in. Please try again.", "error")
         return redirect(_settings_url(), code=303)
     code = request.args.get("code", "")
     if not code or len(code) > 4096:
         abort(400, "Microsoft's answer was missing the authorisation code.")
     try:
+        verifier = integrations.vault().decrypt(str(pending.get("verifier", "")), _pkce_context())
+    except VaultError:
+        abort(400, "This sign-in link has expired or was already used. Start again with Connect.")
+    try:
         integration = integrations.complete_connect(
             current_user.id,
             code,
-            pending["verifier"],
+            verifier,
             url_for("onedrive.callback", _external=True),
         )
     except GraphError as exc:

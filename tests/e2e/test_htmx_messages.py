@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.conftest import sign_in_as
+
 from .conftest import LiveServer
 from .seed import BAD_NAME, BUSY, CLASH, WAITING, seed_account, set_file
 from .test_browser import T, open_settings
@@ -85,8 +87,7 @@ def test_failing_actions_show_their_message(
     page.evaluate("window.__marker = 2")
     row = page.locator(f"#file-{s.files[WAITING]}")
     with live.app.test_client() as other_tab:
-        with other_tab.session_transaction() as sess:
-            sess["_user_id"] = str(s.user_id)
+        sign_in_as(other_tab, s.user_id)
         live.app.config["WTF_CSRF_ENABLED"] = False
         try:
             assert other_tab.post(f"/library/{s.files[WAITING]}/delete").status_code == 303

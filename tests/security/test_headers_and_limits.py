@@ -10,6 +10,7 @@ from drivesync import create_app
 from drivesync.extensions import db
 from drivesync.services import accounts
 from drivesync.vault import new_key
+from tests.conftest import sign_in_as
 
 
 def _token(client, path: str = "/login") -> str:
@@ -30,6 +31,9 @@ def prod_app(tmp_path, monkeypatch):
         "DRIVESYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'prod.sqlite3'}",
         "DRIVESYNC_INSTANCE_DIR": str(tmp_path),
         "DRIVESYNC_PROXY_COUNT": "1",
+        "DRIVESYNC_TRUSTED_HOSTS": "drivesync.example, app.example, internal",
+        "DRIVESYNC_RATELIMIT_STORAGE_URI": "memory://",
+        "DRIVESYNC_SINGLE_PROCESS": "true",
     }.items():
         monkeypatch.setenv(key, value)
     return create_app()
@@ -51,8 +55,7 @@ def test_redirect_uri_behind_one_proxy(prod_app):
         db.create_all()
         user = accounts.create_user("proxy@example.com", "correct horse battery")
     client = prod_app.test_client()
-    with client.session_transaction(base_url="https://internal") as sess:
-        sess["_user_id"] = str(user.id)
+    sign_in_as(client, user.id, base_url="https://internal")
     fwd = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example"}
     page = client.get("/settings/onedrive/", headers=fwd, base_url="https://internal")
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True))[1]

@@ -12,7 +12,7 @@ from flask import Flask
 from drivesync.extensions import db
 from drivesync.models import File, Integration, OAuthToken, SyncRun
 from drivesync.scope import user_scope
-from tests.conftest import db_rows
+from tests.conftest import db_rows, sign_in_as
 from tests.integration.conftest import ALEX, MEGAN, consent, csrf_from
 
 pytestmark = pytest.mark.emulator
@@ -58,8 +58,7 @@ def two_users(app, make_user, emu):
     a, b = make_user("a@example.com"), make_user("b@example.com")
     client_a, client_b = app.test_client(), app.test_client()
     for client, uid in ((client_a, a), (client_b, b)):
-        with client.session_transaction() as sess:
-            sess["_user_id"] = str(uid)
+        sign_in_as(client, uid)
     _connect(client_a, ALEX)
     _connect(client_b, MEGAN)
     ids = {}

@@ -16,7 +16,7 @@ from sqlalchemy.exc import ProgrammingError
 from drivesync.extensions import db
 from drivesync.models import File, Integration, SyncRun
 from drivesync.scope import user_scope
-from drivesync.services import integrations
+from drivesync.services import accounts, integrations
 from tests.conftest import PG_APP_URL, PG_OWNER_URL
 
 pytestmark = [
@@ -34,6 +34,7 @@ OWNER_COLUMNS = {
     "oauth_tokens": "user_id",
     "files": "owner_id",
     "sync_runs": "user_id",
+    "user_sessions": "user_id",
 }
 TABLES = list(OWNER_COLUMNS)
 
@@ -54,6 +55,7 @@ def users(
                 integration, {"access_token": f"at-{uid}", "refresh_token": f"rt-{uid}"}
             )
             db.session.commit()
+            accounts.start_session(uid)
     return ids
 
 
@@ -113,7 +115,7 @@ def test_app_role_cannot_bypass_rls(app_engine: Engine):
 
 
 def test_rls_is_enabled_and_forced(app_engine: Engine):
-    """RLS is enabled and forced on the four per-user tables, each with one policy; not on users."""
+    """RLS is enabled and forced on the per-user tables, each with one policy; not on users."""
     with app_engine.connect() as conn:
         flags = {
             r.relname: (r.relrowsecurity, r.relforcerowsecurity)

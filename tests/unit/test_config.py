@@ -14,6 +14,7 @@ GOOD_PROD = {
     "DRIVESYNC_MS_CLIENT_ID": "id",
     "DRIVESYNC_MS_CLIENT_SECRET": "secret",
     "DRIVESYNC_DATABASE_URL": "postgresql+psycopg://app@db/drivesync",
+    "DRIVESYNC_MS_REDIRECT_URI": "https://drivesync.example/settings/onedrive/callback",
 }
 
 

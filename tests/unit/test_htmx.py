@@ -176,7 +176,7 @@ def test_rate_limit_htmx(make_app):
     form = {"email": "nobody@example.com", "password": "wrong"}
     headers = {**HX, "X-CSRFToken": token}
     client.post("/login", data=form, headers=headers)
-    assert_flash(client.post("/login", data=form, headers=headers), "Too Many Requests")
+    assert_flash(client.post("/login", data=form, headers=headers), "Too many sign-in attempts")
 
 
 @pytest.fixture
