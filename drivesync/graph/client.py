@@ -17,7 +17,7 @@ from drivesync.graph import logsafe
 from drivesync.graph.errors import GraphError, NameNotAllowedError, from_response, network_error
 from drivesync.graph.names import validate_name
 from drivesync.graph.retry import Pacer
-from drivesync.graph.types import Drive, DriveItem, User
+from drivesync.graph.types import DriveItem, DriveResource, User
 
 logger = logging.getLogger(__name__)
 logsafe.install()
@@ -173,7 +173,7 @@ class GraphClient:
         """GET ``path`` and return its JSON object."""
         resp = self.request("GET", path, params=params)
         try:
-            return resp.json()  # type: ignore[no-any-return]
+            return resp.json()
         finally:
             resp.close()
 
@@ -183,7 +183,7 @@ class GraphClient:
         """Return the signed-in user (``/me``)."""
         return self.get_json("/me")  # type: ignore[return-value]
 
-    def drive(self) -> Drive:
+    def drive(self) -> DriveResource:
         """Return the user's OneDrive (``/me/drive``), with ``driveType`` and ``quota``."""
         return self.get_json("/me/drive")  # type: ignore[return-value]
 
@@ -255,7 +255,7 @@ class GraphClient:
             json={"name": name, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"},
         )
         try:
-            return resp.json()  # type: ignore[no-any-return]
+            return resp.json()
         finally:
             resp.close()
 
@@ -293,17 +293,6 @@ class GraphClient:
                 # Someone (another worker) created it between our read and our POST.
                 parent = _must_be_folder(self.get_item_by_path(sub, base_id), sub)
         return parent
-
-    def delete_item(
-        self, item_id: str, if_match: str | None = None, missing_ok: bool = False
-    ) -> None:
-        """Delete an item (to the recycle bin); with ``if_match`` only if its eTag still matches."""
-        headers = {"If-Match": if_match} if if_match else None
-        try:
-            self.request("DELETE", self.item_path(item_id), headers=headers).close()
-        except GraphError as exc:
-            if not (missing_ok and exc.status == 404):
-                raise
 
     # -- content ---------------------------------------------------------------------------------
 

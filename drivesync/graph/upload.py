@@ -22,10 +22,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 from urllib.parse import quote, urlsplit
 
 import requests
+from typing_extensions import Unpack
 
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import (
@@ -69,6 +70,23 @@ OFFICE_EXTENSIONS = frozenset(
 
 SessionCallback = Callable[[str, datetime | None], None]
 ProgressCallback = Callable[[int, int], None]
+
+
+class UploadOptions(TypedDict, total=False):
+    """How to upload one file: the one signature ``upload_file`` and every ``Drive`` take.
+
+    ``conflict_behavior`` is "fail" (the default), "replace" or "rename"; ``if_match`` an eTag
+    or cTag the target must still have; ``resume`` a stored session to continue; ``on_session``
+    hears each new session (URL and expiry) and ``on_progress`` the bytes OneDrive accepted.
+    """
+
+    conflict_behavior: str
+    if_match: str | None
+    fragment_size: int
+    modified_at: datetime | None
+    on_progress: ProgressCallback | None
+    resume: ResumeState | None
+    on_session: SessionCallback | None
 
 
 @dataclass(frozen=True)
@@ -257,9 +275,9 @@ class _Uploader:
                 if exc.code == "networkError" or exc.status in RETRY_STATUSES:
                     self.ambiguous = True
                 if exc.status == 409 and self.ambiguous:
-                    item = self.already_there(local_hash)
-                    if item is not None:
-                        return item, local_hash
+                    found = self.already_there(local_hash)
+                    if found is not None:
+                        return found, local_hash
                 delay = budget.next_delay(exc)
                 if delay is None:
                     raise
@@ -454,22 +472,19 @@ def upload_file(
     parent_id: str,
     name: str,
     *,
-    conflict_behavior: str = "fail",
-    fragment_size: int = DEFAULT_FRAGMENT,
     simple_max: int = SIMPLE_MAX,
-    modified_at: datetime | None = None,
-    if_match: str | None = None,
-    on_progress: ProgressCallback | None = None,
-    resume: ResumeState | None = None,
-    on_session: SessionCallback | None = None,
     max_sessions: int = 3,
     upload_session: requests.Session | None = None,
+    **options: Unpack[UploadOptions],
 ) -> UploadResult:
     """Upload a local file as ``name`` into the folder ``parent_id`` and verify its hash.
 
     Raise ``IntegrityError`` when OneDrive's quickXorHash differs from ours, except for Office
     documents on business drives, which the service rewrites (``service_modified=True``).
     """
+    conflict_behavior = options.get("conflict_behavior", "fail")
+    fragment_size = options.get("fragment_size", DEFAULT_FRAGMENT)
+    resume = options.get("resume")
     if conflict_behavior not in CONFLICT_BEHAVIORS:
         raise ValueError(f"conflict_behavior must be one of {CONFLICT_BEHAVIORS}")
     validate_fragment_size(fragment_size)
@@ -489,10 +504,10 @@ def upload_file(
         name,
         conflict_behavior,
         fragment_size,
-        modified_at,
-        if_match,
-        on_progress,
-        on_session,
+        options.get("modified_at"),
+        options.get("if_match"),
+        options.get("on_progress"),
+        options.get("on_session"),
         max_sessions,
         upload_session,
     )
