@@ -26,7 +26,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import and_, func, or_, update
 
-from .. import tasks
+from .. import events, tasks
 from ..extensions import db
 from ..graph.types import DriveItem
 from ..models import File, Integration, SyncRun, utcnow
@@ -265,6 +265,8 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
             skipped_hash=f.content_hash,
         ):
             raise Conflict("This file is not in conflict.")
+        events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action=action)
+        db.session.commit()
         logger.info("user %s skipped the conflict of file %s", user_id, file_id)
         return None
     load_integration(user_id)
@@ -276,6 +278,8 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     run = _create_run(user_id, [f.id], f.size, statuses=("conflict",))
     if not run.total:
         raise Conflict("This file is not in conflict.")
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action=action)
+    db.session.commit()
     return _enqueue(run, user_id, resolve=action)
 
 

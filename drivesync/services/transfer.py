@@ -20,6 +20,7 @@ from typing import Any, cast
 from flask import current_app
 from sqlalchemy import CursorResult, Executable, or_, update
 
+from .. import events
 from ..extensions import db
 from ..graph.drive import Drive
 from ..graph.errors import AuthError, FileTooLargeError, GraphError, NameNotAllowedError
@@ -232,6 +233,7 @@ def push_file(file_id: int, drive: Drive, target: Target) -> SyncOutcome:
     claim = _claim(f, allowed)
     if claim is None:
         return SyncOutcome("busy", 0)
+    kind = "permanent"  # what a failure needs: "transient" (retry later) or "permanent" (the user)
     try:
         status, values = _push(claim, drive, target)
     except (AuthError, ReauthRequired) as exc:
@@ -242,6 +244,7 @@ def push_file(file_id: int, drive: Drive, target: Target) -> SyncOutcome:
     except GraphError as exc:
         db.session.rollback()
         status, values = "error", {"onedrive_error": short(exc.human_message())}
+        kind = "transient" if exc.retryable else "permanent"
         logger.info("file %s of user %s failed: %s", file_id, user_id, exc.code)
     except (FileNotFoundError, IsADirectoryError, PermissionError):
         # Only local file errors: requests' exceptions are OSErrors too, but the Graph layer
@@ -253,7 +256,7 @@ def push_file(file_id: int, drive: Drive, target: Target) -> SyncOutcome:
         db.session.rollback()
         logger.exception("file %s of user %s: unexpected failure", file_id, user_id)
         status, values = "error", {"onedrive_error": UNEXPECTED_MESSAGE}
-    return _finish(claim, status, values, target.run_id)
+    return _finish(claim, status, values, target.run_id, kind)
 
 
 def _claim(f: File, allowed: tuple[str, ...]) -> _Claim | None:
@@ -347,7 +350,11 @@ def _count(run_id: int | None, user_id: int, status: str, size: int) -> None:
 
 
 def _finish(
-    claim: _Claim, status: str, values: dict[str, Any], run_id: int | None = None
+    claim: _Claim,
+    status: str,
+    values: dict[str, Any],
+    run_id: int | None = None,
+    kind: str = "permanent",
 ) -> SyncOutcome:
     """Record the result if we still hold the claim on the same version; return the outcome.
 
@@ -366,6 +373,7 @@ def _finish(
     )
     if moved == 1:
         _count(run_id, claim.user_id, status, size)
+        _announce(claim, status, values, kind)
     db.session.commit()
     if moved == 1:
         return SyncOutcome(status, size, claimed=True, message=values.get("onedrive_error"))
@@ -392,6 +400,21 @@ def _finish(
         return SyncOutcome("not_synced", size, claimed=True)
     logger.info("file %s was deleted or reclaimed during its upload", claim.file_id)
     return SyncOutcome("gone", size)
+
+
+def _announce(claim: _Claim, status: str, values: dict[str, Any], kind: str) -> None:
+    """Send the domain event for a recorded result (receivers write in our transaction)."""
+    who = {"user_id": claim.user_id, "file_id": claim.file_id}
+    if status == "synced":
+        item_id = values.get("onedrive_id", claim.onedrive_id)
+        etag, replaced = values.get("onedrive_etag"), claim.onedrive_id is not None
+        events.file_synced.send(
+            None, **who, item_id=item_id, etag=etag, size=claim.size, replaced=replaced
+        )
+    elif status == "error":
+        events.file_failed.send(None, **who, reason=values.get("onedrive_error"), kind=kind)
+    elif status == "conflict":
+        events.file_conflict.send(None, **who, reason=values.get("onedrive_error"))
 
 
 def _remote_unchanged(claim: _Claim, remote: DriveItem) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
+from drivesync import events
 from drivesync.extensions import db
 from drivesync.graph.errors import (
     FileTooLargeError,
@@ -267,3 +268,42 @@ def test_claim_is_a_conditional_update(
             assert transfer._claim(second, ("not_synced",)) is None
             db.session.remove()
         db.session.remove()
+
+
+def test_results_are_announced_as_domain_events(
+    app: Flask, fake: FakeDrive, user: int, make_file: Callable[..., int], ctx: None
+) -> None:
+    """A synced, a failed and a conflicted file each send their event, with plain values only."""
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    def hear(name: str) -> Callable[..., None]:
+        return lambda sender, **kw: heard.append((name, kw))
+
+    receivers = {name: hear(name) for name in ("file_synced", "file_failed", "file_conflict")}
+    for name, receiver in receivers.items():
+        getattr(events, name).connect(receiver)
+    try:
+        ok = make_file(user, "ok.txt", b"ok")
+        sync.request_sync(user)
+        fake.fail_uploads(GraphError("busy", status=503, code="serviceBusy"), 1)
+        bad = make_file(user, "bad.txt", b"bad")
+        sync.request_sync(user)
+        fake.add_file("clash.txt", b"theirs")
+        clash = make_file(user, "clash.txt", b"ours")
+        sync.request_sync(user)
+    finally:
+        for name, receiver in receivers.items():
+            getattr(events, name).disconnect(receiver)
+    # The third Sync All also retries bad.txt, which then succeeds.
+    assert sorted((n, kw["file_id"]) for n, kw in heard) == [
+        ("file_conflict", clash),
+        ("file_failed", bad),
+        ("file_synced", ok),
+        ("file_synced", bad),
+    ]
+    by_event = {(n, kw["file_id"]): kw for n, kw in heard}
+    synced, failed = by_event["file_synced", ok], by_event["file_failed", bad]
+    conflict = by_event["file_conflict", clash]
+    assert synced["item_id"] == row(ok).onedrive_id and synced["replaced"] is False
+    assert failed["kind"] == "transient" and "busy" in failed["reason"]
+    assert "clash.txt" in conflict["reason"]
