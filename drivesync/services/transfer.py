@@ -404,17 +404,25 @@ def _finish(
 
 def _announce(claim: _Claim, status: str, values: dict[str, Any], kind: str) -> None:
     """Send the domain event for a recorded result (receivers write in our transaction)."""
-    who = {"user_id": claim.user_id, "file_id": claim.file_id}
+    user_id, file_id = claim.user_id, claim.file_id
     if status == "synced":
         item_id = values.get("onedrive_id", claim.onedrive_id)
         etag, replaced = values.get("onedrive_etag"), claim.onedrive_id is not None
         events.file_synced.send(
-            None, **who, item_id=item_id, etag=etag, size=claim.size, replaced=replaced
+            None,
+            user_id=user_id,
+            file_id=file_id,
+            item_id=item_id,
+            etag=etag,
+            size=claim.size,
+            replaced=replaced,
         )
     elif status == "error":
-        events.file_failed.send(None, **who, reason=values.get("onedrive_error"), kind=kind)
+        reason = values.get("onedrive_error")
+        events.file_failed.send(None, user_id=user_id, file_id=file_id, reason=reason, kind=kind)
     elif status == "conflict":
-        events.file_conflict.send(None, **who, reason=values.get("onedrive_error"))
+        reason = values.get("onedrive_error")
+        events.file_conflict.send(None, user_id=user_id, file_id=file_id, reason=reason)
 
 
 def _remote_unchanged(claim: _Claim, remote: DriveItem) -> bool:
