@@ -24,11 +24,6 @@ logsafe.install()
 
 TokenProvider = Callable[[bool], str]
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
-_TRANSPORT_ERRORS = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
 
 
 def quote_path(path: str) -> str:
@@ -165,7 +160,7 @@ class GraphClient:
                 allow_redirects=allow_redirects,
                 timeout=self.timeout,
             )
-        except _TRANSPORT_ERRORS as exc:
+        except requests.exceptions.RequestException as exc:
             logger.info("%s %s failed: %s", method, _safe_url(url), type(exc).__name__)
             raise network_error(exc) from None
 
@@ -332,7 +327,7 @@ class GraphClient:
                     resp = self.plain_session.get(
                         location, stream=True, timeout=self.timeout, allow_redirects=True
                     )
-                except _TRANSPORT_ERRORS as exc:
+                except requests.exceptions.RequestException as exc:
                     raise network_error(exc) from None
                 if resp.status_code >= 400:
                     err = from_response(resp)
@@ -345,7 +340,7 @@ class GraphClient:
                     written += len(chunk)
                     if on_progress:
                         on_progress(written, total)
-            except _TRANSPORT_ERRORS as exc:
+            except requests.exceptions.RequestException as exc:
                 if start is None and written:
                     # Bytes already went to a stream we cannot rewind: a retry would corrupt it.
                     err = network_error(exc)

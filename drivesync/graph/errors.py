@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from drivesync.graph.retry import RETRY_STATUSES, parse_retry_after
+from drivesync.graph.retry import RETRY_STATUSES, parse_retry_after, should_retry
 
 logger = logging.getLogger(__name__)
 
@@ -263,8 +263,7 @@ def from_response(resp: requests.Response, *, secrets: tuple[str | None, ...] = 
 def network_error(exc: BaseException) -> GraphError:
     """Wrap a ``requests`` transport failure without its URL (it may carry a credential)."""
     kind = type(exc).__name__
-    # A certificate failure will not heal by retrying; everything else on the wire might.
-    retryable = not isinstance(exc, requests.exceptions.SSLError)
+    retryable, _wait = should_retry(exc)  # the pacer's one decision, so both always agree
     message = f"{kind} while talking to Microsoft"
     return GraphError(message, code="networkError", retryable=retryable)
 
