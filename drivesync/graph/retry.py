@@ -122,18 +122,24 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(w for w in wrapped if isinstance(w, BaseException))
 
 
+def _reason(exc: ssl.SSLError) -> str | None:
+    """Return OpenSSL's reason code (set by the ssl module when it raises; absent otherwise)."""
+    reason = getattr(exc, "reason", None)
+    return reason if isinstance(reason, str) else None
+
+
 def transient_transport(exc: BaseException) -> bool:
     """Return whether a transport failure (a ``requests`` exception) may heal on a retry."""
     chain = list(_causes(exc))
     for cause in chain:
         if isinstance(cause, ssl.SSLCertVerificationError):  # ssl.CertificateError is this too
             return False  # untrusted CA, hostname mismatch, expired: the same on every try
-        if isinstance(cause, ssl.SSLError) and cause.reason in _TLS_CONFIG_REASONS:
+        if isinstance(cause, ssl.SSLError) and _reason(cause) in _TLS_CONFIG_REASONS:
             return False  # no shared protocol version or cipher: a configuration to fix
     if isinstance(exc, requests.exceptions.SSLError):
         # Transient only when we can see the drop underneath: a cut, a reset, a bad record.
         return any(
-            isinstance(c, _DROPPED) or (isinstance(c, ssl.SSLError) and c.reason is not None)
+            isinstance(c, _DROPPED) or (isinstance(c, ssl.SSLError) and _reason(c) is not None)
             for c in chain
         )
     return isinstance(exc, _RETRY_EXCEPTIONS)
