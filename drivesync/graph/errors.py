@@ -177,6 +177,8 @@ class IntegrityError(GraphError):
         )
 
 
+# No sentence promises a retry nobody schedules: until automatic retries exist (issue 10), a
+# transient failure asks the user to press Retry.
 _HUMAN_BY_CODE: dict[str, str] = {
     "quotaLimitReached": InsufficientStorageError.default_human,
     "insufficientStorage": InsufficientStorageError.default_human,
@@ -189,17 +191,17 @@ _HUMAN_BY_CODE: dict[str, str] = {
     "malwareDetected": "OneDrive reported that this file contains malware.",
     "pathIsTooLong": "The OneDrive path is too long (400 characters at most).",
     "maxFileSizeExceeded": "This file is larger than OneDrive accepts.",
-    "invalidRange": "The upload was interrupted; it will start again.",
-    "networkError": "Could not reach OneDrive (network problem); syncing will resume later.",
-    "uploadSessionFailed": "The upload to OneDrive kept failing; it will be tried again later.",
+    "invalidRange": "The upload was interrupted. Retry to send it again.",
+    "networkError": "Could not reach OneDrive (network problem). Retry in a few minutes.",
+    "uploadSessionFailed": "The upload to OneDrive kept failing. Retry in a few minutes.",
 }
 
 
 def _human_by_status(status: int | None) -> str | None:
     if status in (429, 503, 509):
-        return "OneDrive is busy right now; syncing will resume later."
+        return "OneDrive is busy right now. Retry in a few minutes."
     if status is not None and status >= 500:
-        return "OneDrive had a temporary problem; syncing will resume later."
+        return "OneDrive had a temporary problem. Retry in a few minutes."
     if status == 401:
         return "OneDrive did not accept the sign-in; reconnect OneDrive if this persists."
     if status == 403:
