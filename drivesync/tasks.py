@@ -10,7 +10,9 @@
   ``celery -A wsgi.celery_app worker``. Nothing connects to the broker until a task is sent.
 - ``eager``: run the job in the caller, synchronously (tests).
 
-Jobs receive ids only; the sync service is safe to run twice, which ``acks_late`` relies on.
+Jobs receive ids only; ``services/runs.py`` is safe to run twice, which ``acks_late`` relies on.
+Callers enqueue from the top (``services/sync.py`` calls ``enqueue_run``); this module imports
+downwards only, so the import graph reads ``sync → tasks → runs → transfer → graph``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask, current_app
 
+from .services import runs
+
 logger = logging.getLogger(__name__)
 
 EXECUTE_RUN = "drivesync.execute_run"
@@ -39,7 +43,7 @@ _pool: ThreadPoolExecutor | None = None
 
 def init_app(app: Flask) -> None:
     """Set up the configured task backend for ``app``."""
-    backend = app.config.get("TASK_BACKEND", "thread")
+    backend = app.config["TASK_BACKEND"]
     if backend not in BACKENDS:
         raise ValueError(f"TASK_BACKEND must be one of {BACKENDS}, got {backend!r}")
     app.extensions[_EXTENSION] = backend
@@ -50,7 +54,7 @@ def init_app(app: Flask) -> None:
 def celery_init_app(app: Flask) -> Celery:
     """Create the Celery app for ``app`` (Flask's pattern) and store it in ``app.extensions``."""
 
-    class FlaskTask(Task):  # type: ignore[misc]
+    class FlaskTask(Task):
         """A task that runs inside the Flask app's context."""
 
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -68,7 +72,7 @@ def celery_init_app(app: Flask) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_default_queue=app.config.get("CELERY_QUEUE", "drivesync"),
+        task_default_queue=app.config["CELERY_QUEUE"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
@@ -81,9 +85,7 @@ def celery_init_app(app: Flask) -> Celery:
 
 def run_job(run_id: int, user_id: int, resolve: str | None = None) -> None:
     """Execute one sync run (inside an app context)."""
-    from .services import sync
-
-    sync.execute_run(run_id, user_id, resolve=resolve)
+    runs.execute_run(run_id, user_id, resolve=resolve)
 
 
 def _thread_job(app: Flask, run_id: int, user_id: int, resolve: str | None) -> None:
@@ -99,7 +101,7 @@ def _executor(app: Flask) -> ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            size = int(app.config.get("TASK_THREADS", 2))
+            size = app.config["TASK_THREADS"]
             _pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix="drivesync-task")
         return _pool
 
@@ -109,7 +111,7 @@ def backend(app: Flask | None = None) -> str:
     if _inline.get():
         return "eager"
     app = app or current_app
-    return str(app.extensions.get(_EXTENSION) or app.config.get("TASK_BACKEND", "thread"))
+    return str(app.extensions.get(_EXTENSION) or app.config["TASK_BACKEND"])
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import os
 
 from drivesync import create_app, tasks
 from drivesync.graph.client import GraphClient
-from drivesync.services.sync import Drive, GraphDrive
+from drivesync.graph.drive import Drive, GraphDrive
 
 EMULATOR_URL = os.environ.get("DRIVESYNC_TEST_EMULATOR_URL", "http://127.0.0.1:1")
 TOKEN = os.environ.get("DRIVESYNC_TEST_EMULATOR_TOKEN", "")

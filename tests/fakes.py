@@ -1,4 +1,4 @@
-"""FakeDrive: an in-memory OneDrive with the sync engine's ``Drive`` methods. No HTTP at all."""
+"""FakeDrive: an in-memory ``graph.drive.Drive`` for the sync engine's tests. No HTTP at all."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import itertools
 import os
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
+
+from typing_extensions import Unpack
 
 from drivesync.graph.errors import GraphError
 from drivesync.graph.quickxor import QuickXorHash
-from drivesync.graph.upload import DEFAULT_FRAGMENT, ResumeState, UploadResult
+from drivesync.graph.upload import DEFAULT_FRAGMENT, UploadOptions, UploadResult
 
 FOLDER_ID = "folder-drivesync"
 FOLDER_PATH = "/drive/root:/drivesync"
@@ -84,20 +85,14 @@ class FakeDrive:
     # -- the Drive protocol --------------------------------------------------------------------
 
     def upload(
-        self,
-        local_path: str,
-        parent_id: str,
-        name: str,
-        *,
-        conflict_behavior: str,
-        if_match: str | None = None,
-        fragment_size: int = DEFAULT_FRAGMENT,
-        modified_at: datetime | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        resume: ResumeState | None = None,
-        on_session: Callable[[str, datetime | None], None] | None = None,
-    ) -> UploadResult:
+        self, local_path: str | os.PathLike[str], parent_id: str, name: str,
+        **options: Unpack[UploadOptions],
+    ) -> UploadResult:  # fmt: skip
         """Store the local file's bytes as ``name`` in ``parent_id``, like upload_file."""
+        conflict_behavior = options.get("conflict_behavior", "fail")
+        fragment_size = options.get("fragment_size", DEFAULT_FRAGMENT)
+        if_match, resume = options.get("if_match"), options.get("resume")
+        on_progress, on_session = options.get("on_progress"), options.get("on_session")
         with self._lock:
             self.calls.append(("upload", name, conflict_behavior))
             failure = self.failures.pop(0) if self.failures else None

@@ -17,18 +17,13 @@ from drivesync.graph import logsafe
 from drivesync.graph.errors import GraphError, NameNotAllowedError, from_response, network_error
 from drivesync.graph.names import validate_name
 from drivesync.graph.retry import Pacer
-from drivesync.graph.types import Drive, DriveItem, User
+from drivesync.graph.types import DriveItem, DriveResource, User
 
 logger = logging.getLogger(__name__)
 logsafe.install()
 
 TokenProvider = Callable[[bool], str]
 DEFAULT_GRAPH_URL = "https://graph.microsoft.com/v1.0"
-_TRANSPORT_ERRORS = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
 
 
 def quote_path(path: str) -> str:
@@ -165,7 +160,7 @@ class GraphClient:
                 allow_redirects=allow_redirects,
                 timeout=self.timeout,
             )
-        except _TRANSPORT_ERRORS as exc:
+        except requests.exceptions.RequestException as exc:
             logger.info("%s %s failed: %s", method, _safe_url(url), type(exc).__name__)
             raise network_error(exc) from None
 
@@ -173,7 +168,7 @@ class GraphClient:
         """GET ``path`` and return its JSON object."""
         resp = self.request("GET", path, params=params)
         try:
-            return resp.json()  # type: ignore[no-any-return]
+            return resp.json()
         finally:
             resp.close()
 
@@ -183,7 +178,7 @@ class GraphClient:
         """Return the signed-in user (``/me``)."""
         return self.get_json("/me")  # type: ignore[return-value]
 
-    def drive(self) -> Drive:
+    def drive(self) -> DriveResource:
         """Return the user's OneDrive (``/me/drive``), with ``driveType`` and ``quota``."""
         return self.get_json("/me/drive")  # type: ignore[return-value]
 
@@ -255,7 +250,7 @@ class GraphClient:
             json={"name": name, "folder": {}, "@microsoft.graph.conflictBehavior": "fail"},
         )
         try:
-            return resp.json()  # type: ignore[no-any-return]
+            return resp.json()
         finally:
             resp.close()
 
@@ -293,17 +288,6 @@ class GraphClient:
                 # Someone (another worker) created it between our read and our POST.
                 parent = _must_be_folder(self.get_item_by_path(sub, base_id), sub)
         return parent
-
-    def delete_item(
-        self, item_id: str, if_match: str | None = None, missing_ok: bool = False
-    ) -> None:
-        """Delete an item (to the recycle bin); with ``if_match`` only if its eTag still matches."""
-        headers = {"If-Match": if_match} if if_match else None
-        try:
-            self.request("DELETE", self.item_path(item_id), headers=headers).close()
-        except GraphError as exc:
-            if not (missing_ok and exc.status == 404):
-                raise
 
     # -- content ---------------------------------------------------------------------------------
 
@@ -343,7 +327,7 @@ class GraphClient:
                     resp = self.plain_session.get(
                         location, stream=True, timeout=self.timeout, allow_redirects=True
                     )
-                except _TRANSPORT_ERRORS as exc:
+                except requests.exceptions.RequestException as exc:
                     raise network_error(exc) from None
                 if resp.status_code >= 400:
                     err = from_response(resp)
@@ -356,7 +340,7 @@ class GraphClient:
                     written += len(chunk)
                     if on_progress:
                         on_progress(written, total)
-            except _TRANSPORT_ERRORS as exc:
+            except requests.exceptions.RequestException as exc:
                 if start is None and written:
                     # Bytes already went to a stream we cannot rewind: a retry would corrupt it.
                     err = network_error(exc)

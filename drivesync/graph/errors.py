@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from drivesync.graph.retry import RETRY_STATUSES, parse_retry_after
+from drivesync.graph.retry import RETRY_STATUSES, parse_retry_after, should_retry
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ class IntegrityError(GraphError):
         )
 
 
+# No sentence promises a retry nobody schedules: until automatic retries exist (issue 10), a
+# transient failure asks the user to press Retry.
 _HUMAN_BY_CODE: dict[str, str] = {
     "quotaLimitReached": InsufficientStorageError.default_human,
     "insufficientStorage": InsufficientStorageError.default_human,
@@ -189,17 +191,17 @@ _HUMAN_BY_CODE: dict[str, str] = {
     "malwareDetected": "OneDrive reported that this file contains malware.",
     "pathIsTooLong": "The OneDrive path is too long (400 characters at most).",
     "maxFileSizeExceeded": "This file is larger than OneDrive accepts.",
-    "invalidRange": "The upload was interrupted; it will start again.",
-    "networkError": "Could not reach OneDrive (network problem); syncing will resume later.",
-    "uploadSessionFailed": "The upload to OneDrive kept failing; it will be tried again later.",
+    "invalidRange": "The upload was interrupted. Retry to send it again.",
+    "networkError": "Could not reach OneDrive (network problem). Retry in a few minutes.",
+    "uploadSessionFailed": "The upload to OneDrive kept failing. Retry in a few minutes.",
 }
 
 
 def _human_by_status(status: int | None) -> str | None:
     if status in (429, 503, 509):
-        return "OneDrive is busy right now; syncing will resume later."
+        return "OneDrive is busy right now. Retry in a few minutes."
     if status is not None and status >= 500:
-        return "OneDrive had a temporary problem; syncing will resume later."
+        return "OneDrive had a temporary problem. Retry in a few minutes."
     if status == 401:
         return "OneDrive did not accept the sign-in; reconnect OneDrive if this persists."
     if status == 403:
@@ -263,9 +265,7 @@ def from_response(resp: requests.Response, *, secrets: tuple[str | None, ...] = 
 def network_error(exc: BaseException) -> GraphError:
     """Wrap a ``requests`` transport failure without its URL (it may carry a credential)."""
     kind = type(exc).__name__
-    # A certificate failure will not heal by retrying; everything else on the wire might.
-    retryable = not isinstance(exc, requests.exceptions.SSLError)
-    retryable = retryable and not getattr(exc, "permanent", False)  # e.g. graph.urls refusals
+    retryable, _wait = should_retry(exc)  # the pacer's one decision, so both always agree
     message = f"{kind} while talking to Microsoft"
     return GraphError(message, code="networkError", retryable=retryable)
 

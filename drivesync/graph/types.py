@@ -102,8 +102,8 @@ class IdentitySet(TypedDict, total=False):
     user: dict[str, str]
 
 
-class Drive(TypedDict, total=False):
-    """``/me/drive``."""
+class DriveResource(TypedDict, total=False):
+    """``/me/drive``, the Graph resource (the engine's interface is ``graph.drive.Drive``)."""
 
     id: str
     driveType: str  # "personal" | "business" | "documentLibrary"

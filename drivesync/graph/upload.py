@@ -22,10 +22,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import IO, Any, TypedDict
 from urllib.parse import quote, urlsplit
 
 import requests
+from typing_extensions import Unpack
 
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import (
@@ -38,7 +39,7 @@ from drivesync.graph.errors import (
 )
 from drivesync.graph.names import MAX_FILE_SIZE, validate_name
 from drivesync.graph.quickxor import QuickXorHash
-from drivesync.graph.retry import RETRY_STATUSES
+from drivesync.graph.retry import should_retry
 from drivesync.graph.types import BUSINESS_DRIVE_TYPES, DriveItem
 
 logger = logging.getLogger(__name__)
@@ -49,11 +50,6 @@ DEFAULT_FRAGMENT = 10 * 1024 * 1024  # Microsoft's recommendation for stable con
 SIMPLE_MAX = 4 * 1024 * 1024
 CONFLICT_BEHAVIORS = ("fail", "replace", "rename")
 _HASH_SLICE = 2 * 1024 * 1024  # bounds the hash's temporary copies
-_TRANSPORT_ERRORS = (
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    requests.exceptions.ChunkedEncodingError,
-)
 
 # SharePoint and OneDrive for Business write their own metadata into Office documents after an
 # upload, so size and hash legitimately change (https://rclone.org/onedrive/#limitations,
@@ -69,6 +65,23 @@ OFFICE_EXTENSIONS = frozenset(
 
 SessionCallback = Callable[[str, datetime | None], None]
 ProgressCallback = Callable[[int, int], None]
+
+
+class UploadOptions(TypedDict, total=False):
+    """How to upload one file: the one signature ``upload_file`` and every ``Drive`` take.
+
+    ``conflict_behavior`` is "fail" (the default), "replace" or "rename"; ``if_match`` an eTag
+    or cTag the target must still have; ``resume`` a stored session to continue; ``on_session``
+    hears each new session (URL and expiry) and ``on_progress`` the bytes OneDrive accepted.
+    """
+
+    conflict_behavior: str
+    if_match: str | None
+    fragment_size: int
+    modified_at: datetime | None
+    on_progress: ProgressCallback | None
+    resume: ResumeState | None
+    on_session: SessionCallback | None
 
 
 @dataclass(frozen=True)
@@ -119,7 +132,7 @@ def cancel_session(upload_url: str, session: requests.Session | None = None) -> 
     http = session or requests.Session()
     try:
         resp = http.delete(upload_url, timeout=(10, 30))
-    except _TRANSPORT_ERRORS as exc:
+    except requests.exceptions.RequestException as exc:
         raise network_error(exc) from None
     with resp:
         if resp.status_code >= 400 and resp.status_code != 404:
@@ -241,8 +254,8 @@ class _Uploader:
         headers = {"Content-Type": "application/octet-stream"}
         if self.if_match:
             headers["If-Match"] = self.if_match
-        budget = self.client.pacer.budget()
-        while True:
+
+        def attempt() -> DriveItem:
             try:
                 resp = self.client.request(
                     "PUT",
@@ -252,23 +265,26 @@ class _Uploader:
                     headers=headers,
                     retry=False,
                 )
-                break
             except GraphError as exc:
-                if exc.code == "networkError" or exc.status in RETRY_STATUSES:
-                    self.ambiguous = True
+                self.note_failure(exc)
                 if exc.status == 409 and self.ambiguous:
-                    item = self.already_there(local_hash)
-                    if item is not None:
-                        return item, local_hash
-                delay = budget.next_delay(exc)
-                if delay is None:
-                    raise
-                self.client.pacer.sleep(delay)
-        with resp:
-            item: DriveItem = resp.json()
+                    found = self.already_there(local_hash)
+                    if found is not None:
+                        return found
+                raise
+            with resp:
+                item: DriveItem = resp.json()
+            return item
+
+        item = self.client.pacer.call(attempt)
         if self.on_progress:
             self.on_progress(size, size)
         return item, local_hash
+
+    def note_failure(self, exc: GraphError) -> None:
+        """Remember that a failed request may still have reached OneDrive (retried or cut)."""
+        if exc.code == "networkError" or should_retry(exc)[0]:
+            self.ambiguous = True
 
     def already_there(self, local_hash: str) -> DriveItem | None:
         """Return the item at our target if it already holds exactly our bytes."""
@@ -317,31 +333,29 @@ class _Uploader:
 
     def status(self, url: str) -> int | None:
         """Return the next byte the session expects (None: nothing more); _SessionGone if gone."""
-        budget = self.client.pacer.budget()
-        while True:
+
+        def ask() -> int | None:
             try:
                 resp = self.http.get(url, timeout=self.client.timeout)
-            except _TRANSPORT_ERRORS as exc:
-                err: GraphError = network_error(exc)
-            else:
-                with resp:
-                    if resp.status_code in (404, 401):
-                        raise _SessionGone()
-                    if resp.status_code < 400:
-                        try:
-                            body = resp.json()
-                        except ValueError:
-                            body = {}
-                        return parse_next_expected(body.get("nextExpectedRanges"))
-                    err = from_response(resp, secrets=(url,))
-            delay = budget.next_delay(err)
-            if delay is None:
-                raise err
-            self.client.pacer.sleep(delay)
+            except requests.exceptions.RequestException as exc:
+                raise network_error(exc) from None
+            with resp:
+                if resp.status_code in (404, 401):
+                    raise _SessionGone()
+                if resp.status_code >= 400:
+                    raise from_response(resp, secrets=(url,))
+                try:
+                    body = resp.json()
+                except ValueError:
+                    body = {}
+                return parse_next_expected(body.get("nextExpectedRanges"))
 
-    def put_fragment(
+        return self.client.pacer.call(ask)
+
+    def send_fragment(
         self, url: str, fh: IO[bytes], hasher: _StreamHasher, offset: int, size: int
-    ) -> tuple[requests.Response | None, GraphError | None]:
+    ) -> requests.Response:
+        """PUT the fragment that starts at ``offset``; a transport failure is a GraphError."""
         length = min(self.fragment_size, size - offset)
         fh.seek(offset)
         data = fh.read(length)
@@ -353,58 +367,65 @@ class _Uploader:
             "Content-Range": f"bytes {offset}-{offset + length - 1}/{size}",
         }
         try:
-            return self.http.put(url, data=data, headers=headers, timeout=self.client.timeout), None
-        except _TRANSPORT_ERRORS as exc:
+            return self.http.put(url, data=data, headers=headers, timeout=self.client.timeout)
+        except requests.exceptions.RequestException as exc:
             logger.info("Fragment at %d failed: %s", offset, type(exc).__name__)
-            return None, network_error(exc)
+            raise network_error(exc) from None
+
+    def fragment(
+        self, url: str, fh: IO[bytes], hasher: _StreamHasher, offset: int, size: int
+    ) -> DriveItem | int:
+        """Send one fragment in a single paced call; return the item (done) or the next offset.
+
+        Before every retry the session is asked where to go on (a dropped connection or a lost
+        answer may have stored part or all of the fragment). _SessionGone: open a new session.
+        """
+        tries = 0
+
+        def attempt() -> DriveItem | int:
+            nonlocal offset, tries
+            tries += 1
+            if tries > 1:
+                offset = self.where(url, size)
+            strikes_416 = 0
+            while True:
+                if offset >= size:
+                    raise _SessionGone()  # the server holds every byte; its answer was lost
+                try:
+                    resp = self.send_fragment(url, fh, hasher, offset, size)
+                except GraphError as exc:
+                    self.note_failure(exc)
+                    raise
+                with resp:
+                    code = resp.status_code
+                    if code in (200, 201):
+                        item: DriveItem = resp.json()
+                        return item
+                    if code == 202:
+                        return self.accepted(resp, offset, size)
+                    if code in (404, 401):
+                        raise _SessionGone()  # expired or unknown session
+                    if code == 416 and strikes_416 < 3:
+                        # "Already received": ask where to go on, without sleeping.
+                        strikes_416 += 1
+                        offset = self.where(url, size)
+                        continue
+                    err = from_response(resp, secrets=(url,))
+                self.note_failure(err)
+                if code == 409 and self.ambiguous:
+                    raise _SessionGone()  # maybe our own earlier completion
+                raise err
+
+        return self.client.pacer.call(attempt)
 
     def session_upload(self, size: int, resume: ResumeState | None) -> tuple[DriveItem, str]:
+        """Upload through a session: an outer loop over fragments, each one paced call."""
         with open(self.local_path, "rb") as fh:
             hasher = _StreamHasher(fh)
             url, offset = self.open(size, resume)
-            budget = self.client.pacer.budget()
-            strikes_416 = 0
             while True:
                 try:
-                    if offset >= size:
-                        # The server holds every byte but we never saw its final answer.
-                        raise _SessionGone()
-                    resp, err = self.put_fragment(url, fh, hasher, offset, size)
-                    if resp is not None:
-                        with resp:
-                            code = resp.status_code
-                            if code in (200, 201):
-                                item: DriveItem = resp.json()
-                                if self.on_progress:
-                                    self.on_progress(size, size)
-                                hasher.catch_up(size)
-                                return item, hasher.b64digest()
-                            if code == 202:
-                                offset = self.accepted(resp, offset, size)
-                                budget = self.client.pacer.budget()
-                                strikes_416 = 0
-                                continue
-                            if code in (404, 401):
-                                raise _SessionGone()  # expired or unknown session
-                            if code == 416:
-                                # "Already received": ask where to go on, without sleeping.
-                                strikes_416 += 1
-                                if strikes_416 > 3:
-                                    raise from_response(resp, secrets=(url,))
-                                offset = self.where(url, size)
-                                continue
-                            err = from_response(resp, secrets=(url,))
-                            if code == 409 and self.ambiguous:
-                                raise _SessionGone()  # maybe our own earlier completion
-                    assert err is not None  # noqa: S101 - narrowing for type checkers
-                    if not err.retryable:
-                        raise err
-                    self.ambiguous = True
-                    delay = budget.next_delay(err)
-                    if delay is None:
-                        raise err
-                    self.client.pacer.sleep(delay)
-                    offset = self.where(url, size)
+                    sent = self.fragment(url, fh, hasher, offset, size)
                 except _SessionGone:
                     if self.ambiguous or offset >= size:
                         hasher.catch_up(size)
@@ -412,7 +433,14 @@ class _Uploader:
                         if found is not None:
                             return found, hasher.b64digest()
                     url, _expires, offset = self.create_session()
-                    budget = self.client.pacer.budget()
+                    continue
+                if isinstance(sent, int):
+                    offset = sent
+                    continue
+                if self.on_progress:
+                    self.on_progress(size, size)
+                hasher.catch_up(size)
+                return sent, hasher.b64digest()
 
     def open(self, size: int, resume: ResumeState | None) -> tuple[str, int]:
         """Return the session URL and offset to start from: the stored session, or a new one."""
@@ -454,22 +482,19 @@ def upload_file(
     parent_id: str,
     name: str,
     *,
-    conflict_behavior: str = "fail",
-    fragment_size: int = DEFAULT_FRAGMENT,
     simple_max: int = SIMPLE_MAX,
-    modified_at: datetime | None = None,
-    if_match: str | None = None,
-    on_progress: ProgressCallback | None = None,
-    resume: ResumeState | None = None,
-    on_session: SessionCallback | None = None,
     max_sessions: int = 3,
     upload_session: requests.Session | None = None,
+    **options: Unpack[UploadOptions],
 ) -> UploadResult:
     """Upload a local file as ``name`` into the folder ``parent_id`` and verify its hash.
 
     Raise ``IntegrityError`` when OneDrive's quickXorHash differs from ours, except for Office
     documents on business drives, which the service rewrites (``service_modified=True``).
     """
+    conflict_behavior = options.get("conflict_behavior", "fail")
+    fragment_size = options.get("fragment_size", DEFAULT_FRAGMENT)
+    resume = options.get("resume")
     if conflict_behavior not in CONFLICT_BEHAVIORS:
         raise ValueError(f"conflict_behavior must be one of {CONFLICT_BEHAVIORS}")
     validate_fragment_size(fragment_size)
@@ -489,10 +514,10 @@ def upload_file(
         name,
         conflict_behavior,
         fragment_size,
-        modified_at,
-        if_match,
-        on_progress,
-        on_session,
+        options.get("modified_at"),
+        options.get("if_match"),
+        options.get("on_progress"),
+        options.get("on_session"),
         max_sessions,
         upload_session,
     )

@@ -11,6 +11,7 @@ from flask import Flask
 
 from drivesync.extensions import db
 from drivesync.graph.client import GraphClient
+from drivesync.graph.drive import GraphDrive
 from drivesync.graph.errors import AuthError
 from drivesync.graph.retry import Pacer
 from drivesync.models import File, Integration
@@ -55,7 +56,7 @@ def graph_client(emulator: EmulatorServer, tokens: Tokens) -> GraphClient:
 def app_overrides(emulator: EmulatorServer, tokens: Tokens) -> dict[str, Any]:
     """Build every drive from a fresh GraphClient on the emulator; 5 MiB fragments."""
     return {
-        "SYNC_DRIVE_FACTORY": lambda user_id: sync.GraphDrive(graph_client(emulator, tokens)),
+        "SYNC_DRIVE_FACTORY": lambda user_id: GraphDrive(graph_client(emulator, tokens)),
         "UPLOAD_FRAGMENT_MB": 5,
         "SYNC_CONCURRENCY": 3,
     }

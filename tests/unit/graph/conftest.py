@@ -80,7 +80,8 @@ class FakeUploadServer:
 
     ``faults`` is consumed one entry per fragment PUT: None (behave), an int status to answer,
     "drop" (connection dies before the server stores anything), "drop-after-store" (the server
-    stores the fragment, the client never hears back) or "expire" (the session vanishes: 404).
+    stores the fragment, the client never hears back) or "expire" (the session vanishes: 404);
+    an exception instance is raised before storing, ``("after-store", exc)`` after storing.
     """
 
     def __init__(
@@ -183,6 +184,8 @@ class FakeUploadServer:
         reply = (201, {}, json.dumps(self._item(name, data)))
         if fault == "drop-after-store":
             raise requests.exceptions.ConnectionError("connection reset after store")
+        if isinstance(fault, tuple) and fault[0] == "after-store":
+            raise fault[1]
         return reply
 
     def _get_child(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:
@@ -202,6 +205,8 @@ class FakeUploadServer:
         session = self.sessions.get(sid)
         if fault == "drop":
             raise requests.exceptions.ConnectionError("connection reset by peer")
+        if isinstance(fault, BaseException):
+            raise fault
         if fault == "expire" and session:
             session.alive = False
         if isinstance(fault, int):
@@ -232,6 +237,8 @@ class FakeUploadServer:
             )
         if fault == "drop-after-store":
             raise requests.exceptions.ConnectionError("connection reset after store")
+        if isinstance(fault, tuple) and fault[0] == "after-store":
+            raise fault[1]
         return reply
 
     def _status(self, request: requests.PreparedRequest) -> tuple[int, dict[str, str], str]:

@@ -254,24 +254,23 @@ def test_download_retry_rewinds_the_file(
     assert out.getvalue() == b"prefix:hello" and len(sleeps) == 1
 
 
-def test_delete_item_sends_if_match(rsps: responses.RequestsMock, client: GraphClient) -> None:
-    """delete_item passes If-Match so a changed item is not deleted."""
+def test_request_passes_if_match(rsps: responses.RequestsMock, client: GraphClient) -> None:
+    """A generic request carries the caller's If-Match, so a changed item is not deleted."""
     rsps.add(
         responses.DELETE,
         f"{GRAPH}/me/drive/items/I",
         status=204,
         match=[matchers.header_matcher({"If-Match": "etag-1"})],
     )
-    client.delete_item("I", if_match="etag-1")
+    client.request("DELETE", client.item_path("I"), headers={"If-Match": "etag-1"}).close()
 
 
-def test_delete_missing_item(rsps: responses.RequestsMock, client: GraphClient) -> None:
-    """A 404 on delete is raised unless missing_ok."""
+def test_request_on_missing_item(rsps: responses.RequestsMock, client: GraphClient) -> None:
+    """A 404 on delete is raised as a GraphError carrying Graph's code."""
     body = {"error": {"code": "itemNotFound", "message": "gone"}}
     rsps.add(responses.DELETE, f"{GRAPH}/me/drive/items/I", status=404, json=body)
-    client.delete_item("I", missing_ok=True)
     with pytest.raises(GraphError) as info:
-        client.delete_item("I")
+        client.request("DELETE", client.item_path("I"))
     assert info.value.code == "itemNotFound"
 
 
