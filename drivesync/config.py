@@ -97,6 +97,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Sign-in rate limiting (flask-limiter storage URI).
         "RATELIMIT_STORAGE_URI": env.get("DRIVESYNC_RATELIMIT_STORAGE_URI", "memory://"),
         "LOGIN_RATE_LIMIT": env.get("DRIVESYNC_LOGIN_RATE_LIMIT", "10 per minute"),
+        # Data rights (issue 12): per-user quota (0 = unlimited; 5 GB by default in production),
+        # audit retention, and when an export runs in the background instead of streaming.
+        "USER_QUOTA_MB": _env_int(env, "DRIVESYNC_USER_QUOTA_MB", 5120 if production else 0),
+        "AUDIT_RETENTION_DAYS": _env_int(env, "DRIVESYNC_AUDIT_RETENTION_DAYS", 365),
+        "EXPORT_INLINE_MB": _env_int(env, "DRIVESYNC_EXPORT_INLINE_MB", 200),
+        "EXPORT_LINK_MINUTES": _env_int(env, "DRIVESYNC_EXPORT_LINK_MINUTES", 60),
         # Development only: the bundled OneDrive emulator's base URL.
         "EMULATOR_URL": env.get("DRIVESYNC_EMULATOR_URL", ""),
         # Flask / cookies.
@@ -131,6 +137,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_PENDING_LIST_LIMIT must be at least 1")
     if cfg["SYNC_BATCH_LIMIT"] < 1:
         raise ConfigError("DRIVESYNC_SYNC_BATCH_LIMIT must be at least 1")
+    if cfg["USER_QUOTA_MB"] < 0 or cfg["EXPORT_INLINE_MB"] < 0:
+        raise ConfigError(
+            "DRIVESYNC_USER_QUOTA_MB and DRIVESYNC_EXPORT_INLINE_MB must be 0 or more"
+        )
+    if cfg["AUDIT_RETENTION_DAYS"] < 1 or cfg["EXPORT_LINK_MINUTES"] < 1:
+        raise ConfigError(
+            "DRIVESYNC_AUDIT_RETENTION_DAYS and DRIVESYNC_EXPORT_LINK_MINUTES must be at least 1"
+        )
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
         raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
     fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024

@@ -24,6 +24,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 
 from .scope import reset_scope, set_scope
+from .services import quota
 from .services.errors import ServiceError
 from .services.storage import IncomingFile, LocalStorage
 
@@ -49,9 +50,25 @@ class StreamingRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IncomingFile:
-        incoming = storage().new_incoming()
+        meter = _quota_meter(total_content_length)
+        incoming = storage().new_incoming(meter.take if meter else None)
         g.setdefault("incoming_files", []).append(incoming)
         return incoming
+
+
+def _quota_meter(content_length: int | None) -> quota.Meter | None:
+    """Return the request's quota meter (one for all its parts), refusing a body that cannot fit
+    before any byte of it is stored. Parts left behind are discarded in ``_discard_incoming``."""
+    if "quota_meter" not in g:
+        raw = session.get("_user_id")
+        meter = None
+        if raw and str(raw).isdigit():
+            replacing = None
+            if request.endpoint == "library.replace":
+                replacing = (request.view_args or {}).get("file_id")
+            meter = quota.check_incoming(int(raw), content_length, replacing)
+        g.quota_meter = meter
+    return g.quota_meter
 
 
 def storage() -> LocalStorage:

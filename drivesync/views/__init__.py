@@ -7,8 +7,9 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Register every blueprint on ``app``."""
-    from . import accounts, library, onedrive
+    from . import account, accounts, library, onedrive
 
     app.register_blueprint(accounts.bp)
     app.register_blueprint(library.bp)
     app.register_blueprint(onedrive.bp)
+    app.register_blueprint(account.bp)
