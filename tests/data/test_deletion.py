@@ -1,0 +1,134 @@
+"""Account deletion: OneDrive disconnected first, then every byte and row of the user gone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect
+
+from drivesync import events
+from drivesync.extensions import db
+from drivesync.models import AuditEvent, File, Integration, SyncRun, User
+from drivesync.scope import user_scope
+from drivesync.services import audit, integrations
+from tests.conftest import PASSWORD, csrf_token, db_rows
+from tests.data.conftest import audit_rows
+
+
+def _rows_of(app, uid: int) -> dict[str, int]:
+    """Count, in every table with a user column, the rows that belong to ``uid``."""
+    counts: dict[str, int] = {}
+    with app.app_context(), user_scope(uid):
+        for table in db.metadata.sorted_tables:
+            for column in ("user_id", "owner_id"):
+                if column in table.c:
+                    n = db.session.execute(
+                        db.select(db.func.count()).select_from(table).where(table.c[column] == uid)
+                    ).scalar_one()
+                    counts[table.name] = n
+        counts["users"] = db.session.execute(
+            db.select(db.func.count()).select_from(User).where(User.id == uid)
+        ).scalar_one()
+    return counts
+
+
+def _seed(app, make_file, uid: int) -> list[int]:
+    ids = [make_file(uid, "a.pdf", b"aaa"), make_file(uid, "b.pdf", b"bbb")]
+    with app.test_request_context("/"), user_scope(uid):
+        integration = Integration(user_id=uid, provider="onedrive", drive_type="personal")
+        db.session.add_all([integration, SyncRun(user_id=uid)])
+        db.session.flush()
+        integrations.save_token(integration, {"access_token": "at", "refresh_token": "rt"})
+        events.signed_in.send(None, user_id=uid)
+        events.file_uploaded.send(None, user_id=uid, file_id=ids[0], size=3)
+        db.session.commit()
+    return ids
+
+
+def test_wrong_password_deletes_nothing(app, make_user, make_file, signed_in):
+    """Without the right password the account stays as it was."""
+    uid = make_user()
+    _seed(app, make_file, uid)
+    before = _rows_of(app, uid)
+    client = signed_in(uid)
+    r = client.post(
+        "/account/delete",
+        data={"csrf_token": csrf_token(client, "/account/delete"), "password": "nope"},
+    )
+    assert r.status_code == 400
+    assert "not your current password" in r.get_data(as_text=True)
+    assert _rows_of(app, uid) == before
+
+
+def test_deletion_leaves_no_row_no_byte_no_token_and_no_sign_in(
+    app, make_user, make_file, signed_in
+):
+    """After deletion no table and no stored byte belongs to the user, and signing in fails."""
+    uid, other = make_user("gone@example.com"), make_user("stays@example.com")
+    _seed(app, make_file, uid)
+    other_file = make_file(other, "keep.txt", b"keep")
+    storage = Path(app.config["STORAGE_DIR"])
+    with app.app_context(), user_scope(uid):
+        mine = list(
+            db.session.execute(db.select(File.stored_path).where(File.owner_id == uid)).scalars()
+        )
+    client = signed_in(uid)
+    page = client.get("/account/delete").get_data(as_text=True)
+    assert (
+        "https://account.live.com/consent/Manage" in page and "https://myapps.microsoft.com" in page
+    )
+    assert "Copies on OneDrive stay." in page
+    r = client.post(
+        "/account/delete",
+        data={"csrf_token": csrf_token(client, "/account/delete"), "password": PASSWORD},
+    )
+    assert r.status_code == 303
+    assert all(n == 0 for n in _rows_of(app, uid).values()), _rows_of(app, uid)
+    assert mine and not any((storage / name).exists() for name in mine), (
+        mine,
+        list(storage.iterdir()),
+    )
+    with app.app_context(), user_scope(uid):
+        assert not integrations.token_exists(uid)
+    assert [f.id for f in db_rows(app, File, other)] == [other_file]
+    login = app.test_client()
+    token = csrf_token(login, "/login")
+    r = login.post(
+        "/login", data={"csrf_token": token, "email": "gone@example.com", "password": PASSWORD}
+    )
+    assert r.status_code == 401
+    assert client.get("/library/").status_code in (302, 303)
+
+
+def test_audit_entries_are_kept_pseudonymised(app, make_user, make_file, signed_in):
+    """The user's audit entries stay for the retention period under a keyed hash, not the id."""
+    uid = make_user()
+    _seed(app, make_file, uid)
+    client = signed_in(uid)
+    client.post(
+        "/account/delete",
+        data={"csrf_token": csrf_token(client, "/account/delete"), "password": PASSWORD},
+    )
+    assert audit_rows(app, uid) == []
+    with app.app_context():
+        pseudonym = audit.keyed_hash(f"user:{uid}")
+        kept = list(
+            db.session.execute(
+                db.select(AuditEvent).where(AuditEvent.actor_hash == pseudonym)
+            ).scalars()
+        )
+    assert {e.action for e in kept} >= {"sign_in.succeeded", "account.deleted"}
+    assert all(e.user_id is None for e in kept)
+
+
+def test_every_user_table_is_checked(app):
+    """The row check above covers every table that has a user column (new tables included)."""
+    with app.app_context():
+        names = (
+            set(inspect(db.engine).get_table_names())
+            if db.engine.dialect.name == "sqlite"
+            else set()
+        )
+    assert {"files", "integrations", "oauth_tokens", "sync_runs", "file_events", "export_jobs"} <= (
+        names or {t.name for t in db.metadata.sorted_tables}
+    )
