@@ -1,4 +1,4 @@
-"""The audit log: written from domain events, shown on Activity, exported and pruned by operators."""
+"""The audit log: written from domain events, shown on Activity, exported and pruned."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from drivesync.extensions import db
 from drivesync.models import AuditEvent, utcnow
 from drivesync.scope import user_scope
 from drivesync.services import audit
+from tests.conftest import PG_OWNER_URL
 from tests.data.conftest import audit_rows
 
 
@@ -25,8 +26,9 @@ def _send(app: Flask, signal, user_id: int | None, path: str = "/", **kw) -> Non
 
 @pytest.fixture
 def app_overrides():
-    """Trust one proxy hop, so X-Forwarded-For gives the client address."""
-    return {"PROXY_COUNT": 1}
+    """Trust one proxy hop; on PostgreSQL connect as the owner role, as the operator CLI does
+    (the app role's limits are tested in test_audit_postgres.py)."""
+    return {"PROXY_COUNT": 1, **({"SQLALCHEMY_DATABASE_URI": PG_OWNER_URL} if PG_OWNER_URL else {})}
 
 
 def test_sign_in_and_download_entries_carry_actor_address_and_request_id(

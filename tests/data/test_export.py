@@ -96,7 +96,7 @@ def test_export_memory_stays_flat(app, make_user, make_file):
 def test_large_export_runs_in_background_with_a_signed_expiring_link(
     app, make_user, make_file, signed_in
 ):
-    """A large export is built as a job; its link downloads the zip for that user only, then expires."""
+    """A large export runs as a job; its link serves that user only, then expires."""
     app.config["EXPORT_INLINE_MB"] = 0  # every export runs in the background (eager in tests)
     uid = make_user()
     make_file(uid, "x.txt", b"xyz")
