@@ -8,6 +8,7 @@ from typing import Any
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     render_template,
     request,
@@ -16,6 +17,7 @@ from flask import (
 )
 from flask_login import current_user, login_required, logout_user
 
+from ..extensions import limiter
 from ..services import audit, deletion, history, quota
 from ..services import export as export_service
 from ..services.errors import ValidationError
@@ -148,8 +150,16 @@ def export_download(token: str) -> Any:
     return response
 
 
+def _delete_key() -> str:
+    """Rate-limit key for password checks on the deletion form: one account, any address."""
+    return f"delete-account:{current_user.id}"
+
+
 @bp.route("/account/delete", methods=["GET", "POST"])
 @login_required
+@limiter.limit(
+    lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"], key_func=_delete_key
+)
 def delete() -> Any:
     """Delete the account after the password is entered again."""
     errors: dict[str, str] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sqlalchemy import create_engine, inspect
 
 from drivesync import events
@@ -138,3 +140,18 @@ def test_every_user_table_is_checked(app):
     assert {"files", "integrations", "oauth_tokens", "sync_runs", "file_events", "export_jobs"} <= (
         names or {t.name for t in db.metadata.sorted_tables}
     )
+
+
+@pytest.mark.parametrize(
+    "app_overrides", [{"RATELIMIT_ENABLED": True, "LOGIN_RATE_LIMIT": "2 per minute"}]
+)
+def test_password_attempts_on_the_deletion_form_are_rate_limited(app, make_user, signed_in):
+    """A stolen session cannot guess the password on the deletion form without limit."""
+    uid = make_user()
+    client = signed_in(uid)
+    token = csrf_token(client, "/account/delete")
+    codes = [
+        client.post("/account/delete", data={"csrf_token": token, "password": "guess"}).status_code
+        for _ in range(3)
+    ]
+    assert codes == [400, 400, 429]
