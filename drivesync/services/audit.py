@@ -155,9 +155,12 @@ def record(
 
 
 def _account_receiver(action: str) -> Any:
+    # drivesync itself notices that OneDrive wants a reconnect, whoever's request it was.
+    default_actor = SYSTEM if action == "onedrive.reconnect_needed" else None
+
     def receive(sender: object, **kw: Any) -> None:
-        detail = kw.get("reason")
-        record(action, user_id=kw.get("user_id"), actor=kw.get("actor"), detail=detail)
+        actor = kw.get("actor") or default_actor
+        record(action, user_id=kw.get("user_id"), actor=actor, detail=kw.get("reason"))
 
     return receive
 

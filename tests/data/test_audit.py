@@ -164,3 +164,15 @@ def test_prune_deletes_only_entries_past_retention(app, make_user):
     assert result.exit_code == 0, result.output
     assert "deleted 1 audit entries" in result.output
     assert [e["action"] for e in audit_rows(app, uid)] == ["sign_out"]
+
+
+def test_reconnect_needed_is_recorded_as_drivesync_with_its_reason(app, make_user, signed_in):
+    """OneDrive asking for a reconnect is drivesync's entry, with the reason, on Activity."""
+    uid = make_user()
+    with app.test_request_context("/settings/onedrive/sync", method="POST"), user_scope(uid):
+        events.reconnect_needed.send(None, user_id=uid, reason="consent revoked")
+        db.session.commit()
+    (entry,) = audit_rows(app, uid)
+    assert (entry["actor"], entry["detail"]) == ("system", "consent revoked")
+    html = signed_in(uid).get("/account/activity").get_data(as_text=True)
+    assert "OneDrive asked to be reconnected" in html and "By drivesync." in html

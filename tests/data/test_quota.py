@@ -108,3 +108,14 @@ def test_import_meter_stops_a_body_larger_than_the_upload_limit(app, make_user):
         assert err.value.status == 413
         with pytest.raises(quota.ServiceError, match="larger than the 1.0 MB upload limit"):
             quota.check_import(uid, MB + 1)
+
+
+def test_quota_defaults_and_validation():
+    """Unlimited in development, 5 GB in production; a negative quota is refused."""
+    from drivesync.config import ConfigError, load_config, validate_config
+
+    assert load_config({})["USER_QUOTA_MB"] == 0
+    assert load_config({"DRIVESYNC_ENV": "production"})["USER_QUOTA_MB"] == 5120
+    cfg = load_config({"DRIVESYNC_USER_QUOTA_MB": "-1"})
+    with pytest.raises(ConfigError, match="USER_QUOTA_MB"):
+        validate_config(cfg)
