@@ -259,7 +259,8 @@ class AuditEvent(db.Model):
     # The account the entry belongs to (who sees it on Activity); NULL once pseudonymised,
     # and for failed sign-ins to unknown addresses and operator actions on no account.
     user_id: Mapped[int | None] = mapped_column(Integer)
-    actor: Mapped[str] = mapped_column(String(16))  # user | operator | system
+    # user | operator | system; NULL when nobody is known (a failed sign-in)
+    actor: Mapped[str | None] = mapped_column(String(16))
     actor_hash: Mapped[str | None] = mapped_column(String(64))  # keyed hash after deletion
     action: Mapped[str] = mapped_column(String(40))
     object_type: Mapped[str | None] = mapped_column(String(24))

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 OPERATOR = "operator"
 SYSTEM = "system"
 USER = "user"
+ANONYMOUS = ""  # stored as NULL: nobody known
 
 # signal -> (action, object type); the object id is the file id for file objects.
 _ACCOUNT_SIGNALS = {
@@ -130,7 +131,7 @@ def record(
     action: str,
     *,
     user_id: int | None,
-    actor: str | None = None,
+    actor: str | None = None,  # None: the default below; ANONYMOUS: nobody known
     object_type: str | None = None,
     object_id: object = None,
     detail: str | None = None,
@@ -138,10 +139,12 @@ def record(
 ) -> AuditEvent:
     """Add an audit entry to the current session (the caller commits)."""
     source_ip, request_id = _request_details()
+    if actor is None:
+        actor = USER if has_request_context() else SYSTEM
     entry = AuditEvent(
         created_at=utcnow(),
         user_id=user_id,
-        actor=actor or (USER if has_request_context() else SYSTEM),
+        actor=(actor or None) if actor is not None else (USER if has_request_context() else SYSTEM),
         actor_hash=actor_hash,
         action=action,
         object_type=object_type,
@@ -186,13 +189,14 @@ def _sign_in_failed(sender: object, **kw: Any) -> None:
         user_id = db.session.execute(
             db.select(User.id).where(User.email == email)
         ).scalar_one_or_none()
+    # Whoever typed the wrong password is unknown: no actor.
     if user_id is not None:
-        record("sign_in.failed", user_id=user_id, actor=USER)
+        record("sign_in.failed", user_id=user_id, actor=ANONYMOUS)
     else:
         record(
             "sign_in.failed",
             user_id=None,
-            actor=USER,
+            actor=ANONYMOUS,
             object_type="address",
             object_id=keyed_hash("address:" + email),
         )

@@ -101,7 +101,7 @@ def upgrade():
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=True),
-    sa.Column('actor', sa.String(length=16), nullable=False),
+    sa.Column('actor', sa.String(length=16), nullable=True),
     sa.Column('actor_hash', sa.String(length=64), nullable=True),
     sa.Column('action', sa.String(length=40), nullable=False),
     sa.Column('object_type', sa.String(length=24), nullable=True),

@@ -83,6 +83,7 @@ def test_failed_sign_in_for_unknown_address_is_stored_as_a_keyed_hash(app, make_
         assert all("nobody" not in (r.object_id or "") for r in rows)
         (known,) = [r for r in rows if r.user_id == uid]
         assert known.action == "sign_in.failed"
+        assert {r.actor for r in rows} == {None}  # whoever typed it is not known
 
 
 def test_activity_lists_own_entries_in_sentences_newest_first(app, make_user, signed_in):
