@@ -137,6 +137,12 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
             h.strip() for h in env.get("DRIVESYNC_TRUSTED_HOSTS", "").split(",") if h.strip()
         ]
         or None,
+        # Data rights (issue 12): per-user quota (0 = unlimited; 5 GB by default in production),
+        # audit retention, and when an export runs in the background instead of streaming.
+        "USER_QUOTA_MB": _env_int(env, "DRIVESYNC_USER_QUOTA_MB", 5120 if production else 0),
+        "AUDIT_RETENTION_DAYS": _env_int(env, "DRIVESYNC_AUDIT_RETENTION_DAYS", 365),
+        "EXPORT_INLINE_MB": _env_int(env, "DRIVESYNC_EXPORT_INLINE_MB", 200),
+        "EXPORT_LINK_MINUTES": _env_int(env, "DRIVESYNC_EXPORT_LINK_MINUTES", 60),
         # Development only: the bundled OneDrive emulator's base URL.
         "EMULATOR_URL": env.get("DRIVESYNC_EMULATOR_URL", ""),
         # Flask / cookies.
@@ -175,6 +181,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_SYNC_BATCH_LIMIT must be at least 1")
     if not str(cfg["ONEDRIVE_FOLDER"]).strip("/"):
         raise ConfigError("DRIVESYNC_ONEDRIVE_FOLDER must name a folder, e.g. drivesync")
+    if cfg["USER_QUOTA_MB"] < 0 or cfg["EXPORT_INLINE_MB"] < 0:
+        raise ConfigError(
+            "DRIVESYNC_USER_QUOTA_MB and DRIVESYNC_EXPORT_INLINE_MB must be 0 or more"
+        )
+    if cfg["AUDIT_RETENTION_DAYS"] < 1 or cfg["EXPORT_LINK_MINUTES"] < 1:
+        raise ConfigError(
+            "DRIVESYNC_AUDIT_RETENTION_DAYS and DRIVESYNC_EXPORT_LINK_MINUTES must be at least 1"
+        )
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
         raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
     if cfg["SIGNUP"] not in {"open", "closed"}:

@@ -249,3 +249,105 @@ class UserSession(Model):
 
     def __repr__(self) -> str:
         return f"<UserSession {self.id} user={self.user_id}>"
+
+
+# --- Accountability and data rights (issue 12): audit log, per-file history, exports ---
+
+AUDIT_ACTORS = ("user", "operator", "system")
+EXPORT_STATUSES = ("queued", "running", "done", "failed")
+
+
+class AuditEvent(Model):
+    """One append-only audit entry: who did what to which object, from where.
+
+    No foreign key to ``users``: entries outlive the account (pseudonymised, ``user_id`` set to
+    NULL and ``actor_hash`` to a keyed hash) until the retention period prunes them. Objects are
+    ids, never file names (a name is health data; the owner's pages read it from the live row).
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        CheckConstraint(_in("actor", AUDIT_ACTORS), name="actor"),
+        Index("idx_audit_events_user_created", "user_id", "created_at"),
+        Index("idx_audit_events_created", "created_at"),
+        # No RETURNING on insert: PostgreSQL would check the new row against the SELECT
+        # policy, and entries about a user are written before anyone is in scope (sign-in).
+        {"implicit_returning": False},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # The account the entry belongs to (who sees it on Activity); NULL once pseudonymised,
+    # and for failed sign-ins to unknown addresses and operator actions on no account.
+    user_id: Mapped[int | None] = mapped_column(Integer)
+    # user | operator | system; NULL when nobody is known (a failed sign-in)
+    actor: Mapped[str | None] = mapped_column(String(16))
+    actor_hash: Mapped[str | None] = mapped_column(String(64))  # keyed hash after deletion
+    action: Mapped[str] = mapped_column(String(40))
+    object_type: Mapped[str | None] = mapped_column(String(24))
+    object_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str | None] = mapped_column(String(200))
+    source_ip: Mapped[str | None] = mapped_column(String(45))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+
+    def __repr__(self) -> str:
+        return f"<AuditEvent {self.id} {self.action}>"
+
+
+class FileEvent(Model):
+    """One line of a file's sync history. Outlives the file, not the account."""
+
+    __tablename__ = "file_events"
+    __table_args__ = (Index("idx_file_events_user_file", "user_id", "file_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    # No foreign key: the history of a deleted file stays (shown from Activity).
+    file_id: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(24))
+    item_id: Mapped[str | None] = mapped_column(String(128))
+    etag: Mapped[str | None] = mapped_column(String(255))
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    # A reason, an action, or "old → new" names of a rename (the owner's own data).
+    detail: Mapped[str | None] = mapped_column(String(600))
+
+    def __repr__(self) -> str:
+        return f"<FileEvent {self.id} file={self.file_id} {self.kind}>"
+
+
+class ExportJob(Model):
+    """A background "Download all my data": progress, then a zip in storage until it expires."""
+
+    __tablename__ = "export_jobs"
+    __table_args__ = (CheckConstraint(_in("status", EXPORT_STATUSES), name="status"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    files_total: Mapped[int] = mapped_column(Integer, default=0)
+    files_done: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    stored_path: Mapped[str | None] = mapped_column(String(255))
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    @property
+    def finished(self) -> bool:
+        """Return whether the export has ended, well or badly."""
+        return self.status in {"done", "failed"}
+
+    @property
+    def percent(self) -> int:
+        """Return progress by bytes (by files when there are no bytes), 0 to 100."""
+        if self.finished:
+            return 100
+        if self.bytes_total:
+            return min(100, int(self.bytes_done * 100 / self.bytes_total))
+        return int(self.files_done * 100 / self.files_total) if self.files_total else 0
+
+    def __repr__(self) -> str:
+        return f"<ExportJob {self.id} {self.status}>"

@@ -33,6 +33,7 @@ from .services import runs
 logger = logging.getLogger(__name__)
 
 EXECUTE_RUN = "drivesync.execute_run"
+BUILD_EXPORT = "drivesync.build_export"
 BACKENDS = ("thread", "celery", "eager")
 _EXTENSION = "drivesync.tasks"
 
@@ -79,6 +80,7 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.conf.update(app.config.get("CELERY", {}))
     # shared=False: a shared task would be attached to every Celery app created later too.
     celery_app.task(name=EXECUTE_RUN, ignore_result=True, shared=False)(run_job)
+    celery_app.task(name=BUILD_EXPORT, ignore_result=True, shared=False)(export_job)
     app.extensions["celery"] = celery_app
     return celery_app
 
@@ -145,3 +147,29 @@ def shutdown(wait: bool = True) -> None:
         pool, _pool = _pool, None
     if pool is not None:
         pool.shutdown(wait=wait)
+
+
+def export_job(job_id: int, user_id: int) -> None:
+    """Build one data export (inside an app context); safe to run twice (conditional claim)."""
+    from .services import export
+
+    export.build_export(job_id, user_id)
+
+
+def _thread_export(app: Flask, job_id: int, user_id: int) -> None:
+    with app.app_context():
+        export_job(job_id, user_id)
+
+
+def enqueue_export(job_id: int, user_id: int) -> Future[None] | None:
+    """Hand a data export to the configured backend, like ``enqueue_run``."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    kind = backend(app)
+    if kind == "eager":
+        export_job(job_id, user_id)
+        return None
+    if kind == "celery":
+        celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
+        celery_app.send_task(BUILD_EXPORT, args=[job_id, user_id])
+        return None
+    return _executor(app).submit(_thread_export, app, job_id, user_id)

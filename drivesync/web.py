@@ -30,6 +30,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from wtforms.validators import ValidationError as WTFValidationError
 
 from .scope import reset_scope, set_scope
+from .services import quota
 from .services.library import sync_fix
 from .services.storage import IncomingFile, LocalStorage
 
@@ -55,9 +56,26 @@ class StreamingRequest(Request):
         filename: str | None = None,
         content_length: int | None = None,
     ) -> IncomingFile:
-        incoming = storage().new_incoming()
+        meter = _quota_meter(total_content_length)
+        incoming = storage().new_incoming(meter.take if meter else None)
         g.setdefault("incoming_files", []).append(incoming)
         return incoming
+
+
+def _quota_meter(content_length: int | None) -> quota.Meter | None:
+    """Return the request's quota meter (one for all its parts), refusing a body that cannot fit
+    before any byte of it is stored. Parts left behind are discarded in ``_discard_incoming``."""
+    if "quota_meter" not in g:
+        # The session cookie names a server-side session, not a user: ask flask-login.
+        raw = current_user.id if current_user.is_authenticated else None
+        meter = None
+        if raw and str(raw).isdigit():
+            replacing = None
+            if request.endpoint == "library.replace":
+                replacing = (request.view_args or {}).get("file_id")
+            meter = quota.check_incoming(int(raw), content_length, replacing)
+        g.quota_meter = meter
+    return g.quota_meter
 
 
 def storage() -> LocalStorage:

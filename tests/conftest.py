@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Owner URL (runs migrations, truncates) and the app's own unprivileged role (subject to RLS).
 PG_OWNER_URL = os.environ.get("DRIVESYNC_TEST_POSTGRES_URL", "")
 PG_APP_URL = os.environ.get("DRIVESYNC_TEST_POSTGRES_APP_URL", "") or PG_OWNER_URL
-TABLES = ("oauth_tokens", "files", "sync_runs", "integrations", "users")
+TABLES = ("oauth_tokens", "files", "sync_runs", "integrations", "users", "audit_events")
 PASSWORD = "correct horse battery"
 
 

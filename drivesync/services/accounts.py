@@ -89,8 +89,14 @@ def _user_by_email(email: str) -> User | None:
     return db.session.execute(db.select(User).where(User.email == email)).scalar_one_or_none()
 
 
-def create_user(email: str, password: str, confirm: str | None = None) -> User:
-    """Create a user after validating the form; raise ``ValidationError`` otherwise."""
+def create_user(
+    email: str, password: str, confirm: str | None = None, *, actor: str | None = None
+) -> User:
+    """Create a user after validating the form; raise ``ValidationError`` otherwise.
+
+    ``actor`` names who made the account when it is not the person signing up (the CLI passes
+    ``"operator"``); the audit log records it with ``account_created``.
+    """
     errors = validate_signup(email, password, password if confirm is None else confirm)
     if errors:
         raise ValidationError(errors)
@@ -104,7 +110,7 @@ def create_user(email: str, password: str, confirm: str | None = None) -> User:
     db.session.add(user)
     try:
         db.session.flush()
-        events.account_created.send(None, user_id=user.id)
+        events.account_created.send(None, user_id=user.id, actor=actor)
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
@@ -126,6 +132,11 @@ def _verify(user: User | None, password: str) -> bool:
     except (VerificationError, InvalidHashError):
         return False
     return user is not None
+
+
+def check_password(user: User, password: str) -> bool:
+    """Return whether ``password`` is the signed-in ``user``'s own (a re-entry, not a sign-in)."""
+    return _verify(user, password)
 
 
 def authenticate(email: str, password: str) -> User | None:

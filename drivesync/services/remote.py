@@ -12,7 +12,7 @@ from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..graph.types import DriveItem
 from ..models import File
-from . import library, sync
+from . import library, quota, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import ReauthRequired, graph_client_for
 from .storage import LocalStorage
@@ -152,7 +152,10 @@ def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
     if linked is not None:
         # Two library files tracking one OneDrive item would overwrite each other's versions.
         raise Conflict(f"This OneDrive file is already in your library as {linked}.")
-    incoming = storage.new_incoming()
+    # Imports count toward the upload limit and the quota like uploads (probe finding M2).
+    size = item.get("size")
+    meter = quota.check_import(user_id, int(size) if isinstance(size, int) else None)
+    incoming = storage.new_incoming(meter.take)
     try:
         # IncomingFile is a write-only file object (write + close), all download() uses.
         client.download(item_id, cast(IO[bytes], incoming))

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -24,8 +25,10 @@ _INCOMING = ".incoming"
 class IncomingFile:
     """A writable file in the storage folder that hashes and counts what is written to it."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, before_write: Callable[[int], None] | None = None) -> None:
         self.path = path
+        # Told each chunk's length before it is written; may raise to stop the stream (quota).
+        self.before_write = before_write
         # Private to the service's user whatever the umask (probe L9: uploads were 0644).
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         self._fh: BinaryIO = os.fdopen(fd, "wb")
@@ -36,6 +39,8 @@ class IncomingFile:
 
     def write(self, data: bytes) -> int:
         """Write ``data`` and fold it into the hashes."""
+        if self.before_write is not None:
+            self.before_write(len(data))
         self._fh.write(data)
         self._sha256.update(data)
         self._qxh.update(data)
@@ -87,10 +92,10 @@ class LocalStorage:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             (self.root / _INCOMING).mkdir(mode=0o700, exist_ok=True)
 
-    def new_incoming(self) -> IncomingFile:
+    def new_incoming(self, before_write: Callable[[int], None] | None = None) -> IncomingFile:
         """Return a new ``IncomingFile`` in the storage folder (same filesystem: cheap rename)."""
         self._ensure()
-        return IncomingFile(self.root / _INCOMING / secrets.token_hex(16))
+        return IncomingFile(self.root / _INCOMING / secrets.token_hex(16), before_write)
 
     def commit(self, incoming: IncomingFile) -> str:
         """Move a finished incoming file to its permanent generated name; return that name."""

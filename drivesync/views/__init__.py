@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import accounts, errors, library, onedrive
+from . import account, accounts, errors, library, onedrive
 
 
 def register_blueprints(app: Flask) -> None:
@@ -13,3 +13,4 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(accounts.bp)
     app.register_blueprint(library.bp)
     app.register_blueprint(onedrive.bp)
+    app.register_blueprint(account.bp)

@@ -60,6 +60,9 @@ def test_password_reset_through_the_mail_ends_the_old_session(
     page.get_by_role("button", name="Sign in").click()
     expect(page.get_by_role("heading", name="Your library")).to_be_visible(timeout=T)
 
-    page.get_by_role("link", name="Account").click()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Account").click()
+    page.get_by_role("navigation", name="Account").get_by_role(
+        "link", name="Password and sessions"
+    ).click()
     expect(page.get_by_role("heading", name="Account security")).to_be_visible(timeout=T)
     old_browser.close()

@@ -183,9 +183,9 @@ def _watch_incoming(monkeypatch) -> list[int]:
     opened: list[int] = []
     real = LocalStorage.new_incoming
 
-    def spy(self):
+    def spy(self, *args, **kwargs):
         opened.append(1)
-        return real(self)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(LocalStorage, "new_incoming", spy)
     return opened

@@ -131,7 +131,8 @@ def test_rls_is_enabled_and_forced(app_engine: Engine):
         ).all()
     assert {t: flags[t] for t in TABLES} == dict.fromkeys(TABLES, (True, True))
     assert flags["users"] == (False, False)
-    assert sorted(policies) == sorted((t, "ALL") for t in TABLES)
+    # Later tables (audit_events, file_events, export_jobs) have their own tests.
+    assert sorted(p for p in policies if p[0] in TABLES) == sorted((t, "ALL") for t in TABLES)
 
 
 @pytest.mark.parametrize("table", TABLES)
