@@ -1,6 +1,6 @@
 """One file to OneDrive: claim → reconcile → push → finish, each step a conditional UPDATE.
 
-States (design.md): ``not_synced → syncing → synced | error``; ``error → syncing`` (retry, via
+States: ``not_synced → syncing → synced | error``; ``error → syncing`` (retry, via
 ``not_synced`` when a run takes the file); ``synced → not_synced`` (library.replace_file);
 ``→ conflict`` when both sides changed. Every transition is a conditional UPDATE checked by its
 rowcount, so two workers never upload the same file twice; the claim's ``claimed_at`` doubles as
