@@ -45,6 +45,7 @@ class Beater:
         self._wake = threading.Event()
         self._beats: dict[tuple[int, datetime], _Beat] = {}
         self._thread: threading.Thread | None = None
+        self._planned = 0.0  # when the thread will next look (monotonic seconds)
 
     def add(
         self, app: Flask, user_id: int, file_id: int, claimed_at: datetime, every: float
@@ -58,7 +59,9 @@ class Beater:
                     target=self._run, name="drivesync-heartbeat", daemon=True
                 )
                 self._thread.start()
-        self._wake.set()
+            early = beat.due < self._planned  # usually not: no wake-up (and no switch) per file
+        if early:
+            self._wake.set()
 
     def discard(self, file_id: int, claimed_at: datetime) -> None:
         """Stop beating for the claim (it finished, or was released)."""
@@ -73,10 +76,11 @@ class Beater:
                 due = [b for b in self._beats.values() if b.due <= now]
                 for b in due:
                     b.due = now + b.every
-                wait = min((b.due for b in self._beats.values()), default=now + 60) - now
+                wait = max(min((b.due for b in self._beats.values()), default=now + 60) - now, 0.01)
+                self._planned = now + wait
             if due:
                 self._write(due)
-            self._wake.wait(max(wait, 0.01))
+            self._wake.wait(wait)
 
     def _write(self, due: list[_Beat]) -> None:
         groups: dict[tuple[Flask, int], list[_Beat]] = defaultdict(list)
