@@ -96,7 +96,7 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PENDING_LIST_LIMIT": _env_int(env, "DRIVESYNC_PENDING_LIST_LIMIT", 50),
         "SYNC_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_CONCURRENCY", 4),
         "SYNC_GLOBAL_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_GLOBAL_CONCURRENCY", 16),
-        "SYNC_STALE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_STALE_SECONDS", 300),
+        "SYNC_STALE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_STALE_SECONDS", 90),
         "TASK_BACKEND": env.get("DRIVESYNC_TASK_BACKEND", "celery" if production else "thread"),
         "CELERY_BROKER_URL": env.get("DRIVESYNC_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
         "CELERY_QUEUE": env.get("DRIVESYNC_CELERY_QUEUE", "drivesync"),

@@ -18,6 +18,10 @@ FOLDER_ID = "folder-drivesync"
 FOLDER_PATH = "/drive/root:/drivesync"
 
 
+class WorkerKilled(BaseException):  # noqa: N818 - named for what it stands for
+    """Stands for SIGKILL: escapes every ``except Exception``, so the claim is left behind."""
+
+
 def not_found() -> GraphError:
     """Return the error Graph gives for a missing item."""
     return GraphError("Item not found", status=404, code="itemNotFound")
@@ -28,7 +32,9 @@ class FakeDrive:
 
     ``fail_uploads(exc, n)`` makes the next ``n`` uploads raise ``exc``; ``during_upload`` is
     called once per upload after the first progress report (to race a replace or a claim);
-    ``calls`` records every method call as ``(method, name-or-id, conflict_behavior)``.
+    ``calls`` records every method call as ``(method, name-or-id, conflict_behavior)``;
+    ``kill_after = n`` makes the next upload die (``WorkerKilled``) once ``n`` fragments are
+    acknowledged; ``resumes`` records the stored session URL each upload was asked to resume.
     """
 
     def __init__(self, drive_type: str = "personal") -> None:
@@ -40,6 +46,8 @@ class FakeDrive:
         self.failures: list[BaseException] = []
         self.during_upload: Callable[[str], None] | None = None
         self.upload_delay = 0.0
+        self.kill_after: int | None = None
+        self.resumes: list[str | None] = []
         self.closed = 0
         self.service_modifies = False
         self.quota_total = 5 * 1024**3
@@ -95,6 +103,7 @@ class FakeDrive:
         on_progress, on_session = options.get("on_progress"), options.get("on_session")
         with self._lock:
             self.calls.append(("upload", name, conflict_behavior))
+            self.resumes.append(resume.upload_url if resume is not None else None)
             failure = self.failures.pop(0) if self.failures else None
         if failure is not None:
             raise failure
@@ -110,6 +119,9 @@ class FakeDrive:
                 on_progress(sent, size)
                 if sent == 0 and self.during_upload is not None:
                     self.during_upload(name)
+                if self.kill_after is not None and sent == self.kill_after * fragment_size:
+                    self.kill_after = None
+                    raise WorkerKilled()
             on_progress(size, size)
         if size == 0 and self.during_upload is not None:
             self.during_upload(name)

@@ -212,13 +212,9 @@ class Pacer:
         self.sleep = sleep
         self.rand = rand
 
-    def budget(self) -> RetryBudget:
-        """Start a fresh retry budget for one operation (for loops that retry by hand)."""
-        return RetryBudget(self)
-
     def call(self, fn: Callable[[], T]) -> T:
         """Return ``fn()``, retrying it while it fails transiently and the budget lasts."""
-        budget = self.budget()
+        budget = RetryBudget(self)
         while True:
             try:
                 return fn()

@@ -209,18 +209,15 @@ class _StreamHasher:
 
 
 class _Uploader:
+    """One upload: the simple PUT, or a session sent fragment by fragment."""
+
     def __init__(
         self,
         client: GraphClient,
         local_path: str | os.PathLike[str],
         parent_id: str,
         name: str,
-        conflict_behavior: str,
-        fragment_size: int,
-        modified_at: datetime | None,
-        if_match: str | None,
-        on_progress: ProgressCallback | None,
-        on_session: SessionCallback | None,
+        options: UploadOptions,
         max_sessions: int,
         http: requests.Session | None,
     ) -> None:
@@ -228,12 +225,12 @@ class _Uploader:
         self.local_path = local_path
         self.parent_id = parent_id
         self.name = name
-        self.conflict_behavior = conflict_behavior
-        self.fragment_size = fragment_size
-        self.modified_at = modified_at
-        self.if_match = if_match
-        self.on_progress = on_progress
-        self.on_session = on_session
+        self.conflict_behavior = options.get("conflict_behavior", "fail")
+        self.fragment_size = options.get("fragment_size", DEFAULT_FRAGMENT)
+        self.modified_at = options.get("modified_at")
+        self.if_match = options.get("if_match")
+        self.on_progress = options.get("on_progress")
+        self.on_session = options.get("on_session")
         self.max_sessions = max_sessions
         # A separate session with no auth configured: the uploadUrl never sees a bearer token.
         self.http = http or client.plain_session
@@ -492,12 +489,11 @@ def upload_file(
     Raise ``IntegrityError`` when OneDrive's quickXorHash differs from ours, except for Office
     documents on business drives, which the service rewrites (``service_modified=True``).
     """
-    conflict_behavior = options.get("conflict_behavior", "fail")
-    fragment_size = options.get("fragment_size", DEFAULT_FRAGMENT)
+    up = _Uploader(client, local_path, parent_id, name, options, max_sessions, upload_session)
     resume = options.get("resume")
-    if conflict_behavior not in CONFLICT_BEHAVIORS:
+    if up.conflict_behavior not in CONFLICT_BEHAVIORS:
         raise ValueError(f"conflict_behavior must be one of {CONFLICT_BEHAVIORS}")
-    validate_fragment_size(fragment_size)
+    validate_fragment_size(up.fragment_size)
     if simple_max > MAX_FRAGMENT:
         raise ValueError("simple_max must be at most 60 MiB")
     reason = validate_name(name)
@@ -506,21 +502,6 @@ def upload_file(
     size = os.stat(local_path).st_size
     if size > MAX_FILE_SIZE:
         raise FileTooLargeError(size, MAX_FILE_SIZE)
-
-    up = _Uploader(
-        client,
-        local_path,
-        parent_id,
-        name,
-        conflict_behavior,
-        fragment_size,
-        options.get("modified_at"),
-        options.get("if_match"),
-        options.get("on_progress"),
-        options.get("on_session"),
-        max_sessions,
-        upload_session,
-    )
     if size == 0 or (size <= simple_max and resume is None):
         item, local_hash = up.simple(size)
     else:

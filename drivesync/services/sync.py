@@ -33,7 +33,14 @@ from ..models import File, Integration, SyncRun, utcnow
 from . import library
 from .errors import Conflict, NotFound, ServiceError, ValidationError
 from .runs import ACTIVE_RUN_STATUSES
-from .transfer import PENDING_STATUSES, changed, files_of, load_integration, synced_fields
+from .transfer import (
+    PENDING_STATUSES,
+    changed,
+    files_of,
+    load_integration,
+    recover_stale_claims,
+    synced_fields,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +194,7 @@ def request_sync(user_id: int, file_ids: Sequence[int] | None = None) -> SyncRun
     returns it and a one-file request raises ``Conflict``.
     """
     integration = load_integration(user_id)
+    recover_stale_claims(user_id)  # a dead worker's files are pending again, not "syncing"
     # Serialise requests of one user on PostgreSQL (SQLite writes are serialised anyway).
     db.session.execute(
         db.select(Integration.id).where(Integration.id == integration.id).with_for_update()

@@ -1,6 +1,6 @@
 """One file to OneDrive: claim → reconcile → push → finish, each step a conditional UPDATE.
 
-States (design.md): ``not_synced → syncing → synced | error``; ``error → syncing`` (retry, via
+States: ``not_synced → syncing → synced | error``; ``error → syncing`` (retry, via
 ``not_synced`` when a run takes the file); ``synced → not_synced`` (library.replace_file);
 ``→ conflict`` when both sides changed. Every transition is a conditional UPDATE checked by its
 rowcount, so two workers never upload the same file twice; the claim's ``claimed_at`` doubles as
@@ -12,13 +12,13 @@ This module knows one file at a time; ``runs.py`` drives many of them, ``sync.py
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from flask import current_app
 from sqlalchemy import CursorResult, Executable, or_, update
+from sqlalchemy.orm import undefer
 
 from .. import events
 from ..extensions import db
@@ -29,6 +29,7 @@ from ..graph.types import DriveItem
 from ..graph.upload import ResumeState
 from ..models import File, Integration, SyncRun, utcnow
 from .errors import ServiceError
+from .heartbeats import beater
 from .integrations import NotConnected, ReauthRequired, require_integration
 from .storage import LocalStorage
 
@@ -45,7 +46,6 @@ BOTH_CHANGED_MESSAGE = (
     "Both this file and its OneDrive copy changed since the last sync. Choose which to keep."
 )
 UNEXPECTED_MESSAGE = "Something went wrong while syncing this file; try again."
-PROGRESS_INTERVAL = 0.5  # seconds between bytes_sent writes for one file
 MAX_ERROR = 500
 
 
@@ -61,6 +61,7 @@ class Target:
     folder_id: str
     storage: LocalStorage
     fragment_size: int
+    heartbeat_every: float  # a third of SYNC_STALE_SECONDS: two beats may be lost
     run_id: int | None = None
     resolve: str | None = None
 
@@ -70,8 +71,10 @@ class Target:
     ) -> Target:
         """Return the target for ``user_id``'s folder with the app's storage and fragment size."""
         cfg = current_app.config
-        return cls(user_id, folder_id, LocalStorage(cfg["STORAGE_DIR"]),
-                   cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024, run_id, resolve)  # fmt: skip
+        fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024
+        every = cfg["SYNC_STALE_SECONDS"] / 3
+        storage = LocalStorage(cfg["STORAGE_DIR"])
+        return cls(user_id, folder_id, storage, fragment, every, run_id, resolve)
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,9 @@ def push_file(file_id: int, drive: Drive, target: Target) -> SyncOutcome:
     """Sync one file of ``target.user_id`` to ``target`` through ``drive`` (see ``sync_file``)."""
     user_id = target.user_id
     f = db.session.execute(
-        db.select(File).where(File.id == file_id, File.owner_id == user_id)
+        db.select(File)
+        .options(undefer(File.upload_url))  # deferred column, needed here: one query, not two
+        .where(File.id == file_id, File.owner_id == user_id)
     ).scalar_one_or_none()
     if f is None:
         db.session.rollback()
@@ -233,6 +238,17 @@ def push_file(file_id: int, drive: Drive, target: Target) -> SyncOutcome:
     claim = _claim(f, allowed)
     if claim is None:
         return SyncOutcome("busy", 0)
+    app = current_app._get_current_object()  # type: ignore[attr-defined]  # LocalProxy is untyped
+    beater.add(app, user_id, file_id, claim.claimed_at, target.heartbeat_every)
+    try:
+        return _push_claimed(claim, drive, target)
+    finally:
+        beater.discard(file_id, claim.claimed_at)
+
+
+def _push_claimed(claim: _Claim, drive: Drive, target: Target) -> SyncOutcome:
+    """Push the claimed file and record how it ended (the heartbeat runs meanwhile)."""
+    file_id, user_id = claim.file_id, claim.user_id
     kind = "permanent"  # what a failure needs: "transient" (retry later) or "permanent" (the user)
     try:
         status, values = _push(claim, drive, target)
@@ -287,7 +303,8 @@ def _claim(f: File, allowed: tuple[str, ...]) -> _Claim | None:
             onedrive_sync_status="syncing",
             claimed_at=now,
             heartbeat_at=now,
-            bytes_sent=0,
+            # A stored session resumes where OneDrive acknowledged; otherwise start from zero.
+            bytes_sent=File.bytes_sent if f.upload_url else 0,
             onedrive_error=None,
             onedrive_note=None,
         )  # fmt: skip
@@ -312,22 +329,24 @@ def _release(claim: _Claim, status: str) -> None:
 
 
 class _Progress:
-    """``on_progress`` / ``on_session`` callbacks that write to the claimed row, throttled."""
+    """``on_progress`` / ``on_session`` callbacks that record the open session on the claimed row.
+
+    The session (URL, expiry) is stored when opened and its acknowledged offset (``bytes_sent``,
+    from OneDrive's ``nextExpectedRanges``) after every accepted fragment, so a worker that dies
+    leaves what the next attempt needs to resume instead of starting over. Fragments are at least
+    320 KiB and a simple PUT reports only its end, so small files cost no extra write.
+    """
 
     def __init__(self, claim: _Claim) -> None:
         self.claim = claim
-        self.last = time.monotonic()  # the claim itself was the first heartbeat
 
     def _update(self, **values: Any) -> None:
         db.session.execute(_ours(self.claim).values(heartbeat_at=utcnow(), **values))
         db.session.commit()
 
     def progress(self, sent: int, total: int) -> None:
-        now = time.monotonic()
-        if sent >= total or now - self.last < PROGRESS_INTERVAL:
-            return  # the final count is written with the result
-        self.last = now
-        self._update(bytes_sent=sent)
+        if 0 < sent < total:  # nothing acknowledged yet; the final count comes with the result
+            self._update(bytes_sent=sent)
 
     def session(self, url: str, expires_at: datetime | None) -> None:
         self._update(upload_url=url, upload_expires_at=expires_at)

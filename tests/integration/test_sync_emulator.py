@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 
 from drivesync.extensions import db
@@ -20,6 +22,7 @@ from drivesync.services import library, sync
 from drivesync.services.storage import LocalStorage
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
+from tests.fakes import WorkerKilled
 from tests.fixtures_emulator import ALEX, CLIENT_ID, connected_user
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
@@ -155,3 +158,71 @@ def test_revoked_consent_stops_the_run(
         (f.onedrive_sync_status, f.onedrive_error) == ("not_synced", None) for f in files(app, user)
     )
     assert remote_by_name(emu) == {}
+
+
+class DyingSession(requests.Session):
+    """The upload host's session of a worker that is killed once ``kill_after`` fragments landed.
+
+    Records the first byte of every fragment PUT, so a test can prove nothing below the last
+    acknowledged fragment is sent twice.
+    """
+
+    def __init__(self, log: list[tuple[int, int]], kill_after: int | None) -> None:
+        super().__init__()
+        self.log = log
+        self.kill_after = kill_after
+        self.accepted = 0
+
+    def put(self, url: str | bytes, data: Any = None, **kwargs: Any) -> requests.Response:
+        """Send a fragment (or die before sending it)."""
+        if self.kill_after is not None and self.accepted >= self.kill_after:
+            raise WorkerKilled()
+        start = int(kwargs["headers"]["Content-Range"].split()[1].split("-")[0])
+        resp = super().put(url, data=data, **kwargs)
+        self.log.append((start, resp.status_code))
+        self.accepted += resp.status_code == 202
+        return resp
+
+
+def test_killed_upload_resumes_from_the_acknowledged_offset(
+    app: Flask,
+    emulator: EmulatorServer,
+    emu: EmulatorAdmin,
+    tokens: Tokens,
+    user: int,
+    make_file: Callable[..., int],
+) -> None:
+    """A worker killed mid-upload is recovered; the next run resumes the stored session."""
+    data = os.urandom(20 * MiB)
+    fid = make_file(user, "scan.pdf", data)
+    sent: list[tuple[int, int]] = []
+    kill_after: list[int | None] = [2]  # the first worker dies after two 5 MiB fragments
+
+    def drive(user_id: int) -> GraphDrive:
+        client = graph_client(emulator, tokens)
+        client.plain_session = DyingSession(sent, kill_after.pop(0) if kill_after else None)
+        return GraphDrive(client)
+
+    app.config["SYNC_DRIVE_FACTORY"] = drive
+    emu.clear_requests_log()
+    with app.app_context(), user_scope(user):
+        sync.request_sync(user)
+        f = db.session.get(File, fid)
+        assert f is not None and (f.onedrive_sync_status, f.bytes_sent) == ("syncing", 10 * MiB)
+        acknowledged = f.bytes_sent
+        # The dead worker's heartbeat stopped long ago.
+        f.heartbeat_at = f.heartbeat_at - timedelta(seconds=app.config["SYNC_STALE_SECONDS"] + 1)
+        db.session.commit()
+        run = sync.request_sync(user)
+        assert (run.status, run.succeeded) == ("done", 1)
+        db.session.expire_all()
+        f = db.session.get(File, fid)
+        assert f is not None and f.onedrive_sync_status == "synced"
+    assert sent[:2] == [(0, 202), (5 * MiB, 202)]
+    after_kill = [start for start, _status in sent[2:]]
+    assert after_kill == [10 * MiB, 15 * MiB]  # nothing below the acknowledged offset again
+    assert min(after_kill) >= acknowledged
+    creates = [r for r in emu.requests_log() if r["path"].endswith("/createUploadSession")]
+    assert len(creates) == 1  # the stored session was resumed, not replaced
+    remote = remote_by_name(emu)["scan.pdf"]
+    assert (remote["size"], remote["quickXorHash"]) == (len(data), f.quick_xor_hash)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import update
 
 from drivesync import events
 from drivesync.extensions import db
@@ -17,7 +19,7 @@ from drivesync.graph.errors import (
     InsufficientStorageError,
     IntegrityError,
 )
-from drivesync.models import File
+from drivesync.models import File, utcnow
 from drivesync.scope import user_scope
 from drivesync.services import sync, transfer
 from drivesync.services.storage import LocalStorage
@@ -307,3 +309,49 @@ def test_results_are_announced_as_domain_events(
     assert synced["item_id"] == row(ok).onedrive_id and synced["replaced"] is False
     assert failed["kind"] == "transient" and "busy" in failed["reason"]
     assert "clash.txt" in conflict["reason"]
+
+
+def test_heartbeat_beats_while_one_fragment_is_slow(
+    app: Flask, fake: FakeDrive, user: int, make_file: Callable[..., int], ctx: None
+) -> None:
+    """A claim stays alive through an upload longer than the stale timeout (no progress at all)."""
+    app.config["SYNC_STALE_SECONDS"] = 0.6  # beats every 0.2 s
+    fid = make_file(user, "slow.bin", b"s" * 1000)
+    beats: list[Any] = []
+    recovered: list[int] = []
+
+    def heartbeat() -> Any:
+        return db.session.execute(db.select(File.heartbeat_at).where(File.id == fid)).scalar_one()
+
+    def slow(name: str) -> None:
+        beats.append(heartbeat())
+        for _ in range(4):  # 1.2 s: twice the stale timeout, with no progress report
+            threading.Event().wait(0.3)
+            beats.append(heartbeat())
+            recovered.append(transfer.recover_stale_claims(user))
+
+    fake.during_upload = slow
+    run = sync.request_sync(user)
+    assert run.succeeded == 1 and row(fid).onedrive_sync_status == "synced"
+    assert recovered == [0, 0, 0, 0]
+    assert len(set(beats)) >= 4 and beats == sorted(beats)
+
+
+def test_abandoned_upload_resumes_its_stored_session(
+    app: Flask, fake: FakeDrive, user: int, make_file: Callable[..., int], ctx: None
+) -> None:
+    """A worker killed mid-upload leaves session and acknowledged offset; the next run resumes."""
+    app.config["UPLOAD_FRAGMENT_MB"] = 1
+    fid = make_file(user, "big.bin", b"b" * (3 * MiB + 5))
+    fake.kill_after = 2  # the worker dies once OneDrive has acknowledged two fragments
+    sync.request_sync(user)
+    f = row(fid)
+    assert (f.onedrive_sync_status, f.bytes_sent) == ("syncing", 2 * MiB)
+    assert f.upload_url == fake.sessions[0]
+    db.session.execute(
+        update(File).where(File.id == fid).values(heartbeat_at=utcnow() - timedelta(hours=1))
+    )  # the dead worker's heartbeat stopped long ago
+    db.session.commit()
+    run = sync.request_sync(user)  # recovers the stale claim, then takes the file again
+    assert run.succeeded == 1 and row(fid).onedrive_sync_status == "synced"
+    assert fake.resumes == [None, fake.sessions[0]] and len(fake.sessions) == 1

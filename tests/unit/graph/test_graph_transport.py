@@ -302,6 +302,7 @@ def tls_drop(tls_server: Callable[..., str], pki: Pki) -> BaseException:
 
 
 @pytest.mark.parametrize("stored", [False, True], ids=["lost-before-store", "lost-after-store"])
+@pytest.mark.parametrize("fault", ["tls-drop", "read-timeout"])
 def test_fragment_cut_over_tls_asks_the_session_then_resumes(
     client: GraphClient,
     server: FakeUploadServer,
@@ -309,8 +310,11 @@ def test_fragment_cut_over_tls_asks_the_session_then_resumes(
     sleeps: list[float],
     tmp_path: Path,
     stored: bool,
+    fault: str,
 ) -> None:
-    """A TLS drop on a fragment backs off, asks nextExpectedRanges, then sends what is missing."""
+    """After a TLS drop or read timeout the session is asked, and only missing bytes are sent."""
+    if fault == "read-timeout":
+        tls_drop = {name: exc for name, exc, _ in BUILT}["read-timeout"]
     frag = 2 * FRAGMENT_MULTIPLE
     path = tmp_path / "data.bin"
     path.write_bytes(bytes(range(256)) * (3 * frag // 256))
