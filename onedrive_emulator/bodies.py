@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from flask import Response, g, request
 from werkzeug.exceptions import ClientDisconnected
@@ -60,21 +61,54 @@ def read_and_discard(nbytes: int) -> None:
 def drop_connection() -> Response:
     """Close the client's socket without an answer (werkzeug's server only).
 
-    The socket is shut down only when werkzeug starts sending the body, after the request log
-    entry was written: a client that retries at once then always finds the drop logged first.
-    The body raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats as
-    a dropped connection: no status line ever reaches the client.
+    Over TLS no ``close_notify`` is sent (``SSLSocket.shutdown`` drops the TLS layer first), so
+    the client meets a bare TCP FIN: what a crashed front end or a cut link looks like.
+    """
+    return _abort(reset=False)
+
+
+def reset_connection() -> Response:
+    """Abort the client's connection with an RST (``SO_LINGER`` 0), without an answer."""
+    return _abort(reset=True)
+
+
+def wants_reset(sock: Any) -> bool:
+    """Return whether :func:`reset_connection` marked ``sock`` for an abortive close."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.size)
+    except (OSError, AttributeError):
+        return False  # closed, or detached after the TLS wrap took its descriptor over
+    return bool(_LINGER.unpack(raw) == (1, 0))
+
+
+_LINGER = struct.Struct("ii")
+
+
+def _abort(*, reset: bool) -> Response:
+    """Return a response whose body cuts the connection instead of sending anything.
+
+    The socket is cut only when werkzeug starts sending the body, after the request log entry
+    was written: a client that retries at once then always finds the cut logged first. The body
+    raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats as a
+    dropped connection: no status line ever reaches the client. For a reset, the read side is
+    shut (so werkzeug stops draining the request body) and ``SO_LINGER`` 0 makes the server's
+    close (``EmulatorServer``) an RST.
     """
     sock = request.environ.get("werkzeug.socket")
     g.dropped = True
+    g.cut = "reset" if reset else "drop"
 
     def body() -> Iterator[bytes]:
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                if reset:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(1, 0))
+                    sock.shutdown(socket.SHUT_RD)
+                else:
+                    sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-        raise ConnectionAbortedError("the emulator dropped this connection on purpose")
+        raise ConnectionAbortedError("the emulator cut this connection on purpose")
         yield b""  # pragma: no cover
 
     return Response(body(), status=500)
