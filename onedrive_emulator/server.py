@@ -138,6 +138,8 @@ class EmulatorServer:
 
     def start(self) -> EmulatorServer:
         """Bind the socket and serve in a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("the emulator is already running")
         app = create_emulator_app(self.state)
         handler = _QuietHandler if self._quiet else WSGIRequestHandler
         server = _EmulatorWSGIServer(self.host, self.port, app, handler)

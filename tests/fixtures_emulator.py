@@ -72,16 +72,16 @@ def emulator_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorCA
                 os.environ[name] = value
 
 
-def start_emulator(emulator_ca: EmulatorCA | None, **kwargs: Any) -> EmulatorServer:
-    """Start an emulator over HTTPS signed by the session's CA (plain HTTP without one)."""
+def new_emulator(emulator_ca: EmulatorCA | None, **kwargs: Any) -> EmulatorServer:
+    """Return an emulator (not started) serving HTTPS with the session's CA, or plain HTTP."""
     ca = emulator_ca.ca if emulator_ca else None
-    return EmulatorServer(tls=ca is not None, ca=ca, **kwargs).start()
+    return EmulatorServer(tls=ca is not None, ca=ca, **kwargs)
 
 
 @pytest.fixture(scope="session")
 def emulator(emulator_ca: EmulatorCA | None) -> Iterator[EmulatorServer]:
     """One emulator for the session (HTTPS by default), with the test app registered."""
-    with start_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [CALLBACK])]) as server:
+    with new_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [CALLBACK])]) as server:
         yield server
 
 

@@ -19,7 +19,7 @@ import requests
 
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
-from tests.fixtures_emulator import EmulatorCA, start_emulator
+from tests.fixtures_emulator import EmulatorCA, new_emulator
 
 CLIENT_ID = "11112222-bbbb-3333-cccc-4444dddd5555"
 CLIENT_SECRET = "s3cr3t-value"
@@ -69,7 +69,7 @@ class Env:
 @pytest.fixture(scope="session")
 def emulator_server(emulator_ca: EmulatorCA | None) -> Iterator[EmulatorServer]:
     """This package's own emulator, over HTTPS signed by the session's CA (by default)."""
-    with start_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as s:
+    with new_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as s:
         yield s
 
 

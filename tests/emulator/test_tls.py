@@ -142,3 +142,10 @@ def test_cli_tls_prints_the_ca_and_cleans_up_on_sigterm() -> None:
             proc.stdout.close()
     assert proc.returncode == 0
     assert not Path(ca_file).parent.exists()
+
+
+def test_second_start_is_refused() -> None:
+    """Starting a running emulator again raises instead of leaking a second server."""
+    with EmulatorServer(tls=True) as server:
+        with pytest.raises(RuntimeError, match="already running"):
+            server.start()
