@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -59,10 +60,10 @@ def read_and_discard(nbytes: int) -> None:
 
 
 def drop_connection() -> Response:
-    """Close the client's socket without an answer (werkzeug's server only).
+    """Close the client's connection without an answer (werkzeug's server only).
 
-    Over TLS no ``close_notify`` is sent (``SSLSocket.shutdown`` drops the TLS layer first), so
-    the client meets a bare TCP FIN: what a crashed front end or a cut link looks like.
+    Over TLS no ``close_notify`` is sent: the client meets a bare TCP FIN (then an RST if it
+    keeps sending), what a crashed front end or a cut link looks like.
     """
     return _abort(reset=False)
 
@@ -72,27 +73,38 @@ def reset_connection() -> Response:
     return _abort(reset=True)
 
 
-def wants_reset(sock: Any) -> bool:
-    """Return whether :func:`reset_connection` marked ``sock`` for an abortive close."""
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+def _sever(sock: Any, *, reset: bool) -> None:
+    """Cut ``sock``'s TCP connection now, leaving werkzeug a harmless dead socket to close.
+
+    ``shutdown`` drops the TLS layer without ``close_notify`` (and, for a drop, sends the FIN);
+    then a socketpair end whose peer is gone is ``dup2``-ed over the descriptor, which releases
+    the connection at once (an RST with ``SO_LINGER`` 0, or when unread body bytes remain) while
+    werkzeug's later reads see EOF instead of the rest of the body or someone else's socket.
+    """
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.size)
-    except (OSError, AttributeError):
-        return False  # closed, or detached after the TLS wrap took its descriptor over
-    return bool(_LINGER.unpack(raw) == (1, 0))
-
-
-_LINGER = struct.Struct("ii")
+        sock.shutdown(socket.SHUT_RD if reset else socket.SHUT_RDWR)
+    except OSError:
+        pass
+    dead, peer = socket.socketpair()
+    peer.close()
+    try:
+        os.dup2(dead.fileno(), sock.fileno())
+    finally:
+        dead.close()
 
 
 def _abort(*, reset: bool) -> Response:
     """Return a response whose body cuts the connection instead of sending anything.
 
-    The socket is cut only when werkzeug starts sending the body, after the request log entry
-    was written: a client that retries at once then always finds the cut logged first. The body
-    raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats as a
-    dropped connection: no status line ever reaches the client. For a reset, the read side is
-    shut (so werkzeug stops draining the request body) and ``SO_LINGER`` 0 makes the server's
-    close (``EmulatorServer``) an RST.
+    The connection is cut only when werkzeug starts sending the body, after the request log
+    entry was written: a client that retries at once then always finds the cut logged first.
+    The body raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats
+    as a dropped connection: no status line ever reaches the client.
     """
     sock = request.environ.get("werkzeug.socket")
     g.dropped = True
@@ -100,14 +112,7 @@ def _abort(*, reset: bool) -> Response:
 
     def body() -> Iterator[bytes]:
         if sock is not None:
-            try:
-                if reset:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER.pack(1, 0))
-                    sock.shutdown(socket.SHUT_RD)
-                else:
-                    sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _sever(sock, reset=reset)
         raise ConnectionAbortedError("the emulator cut this connection on purpose")
         yield b""  # pragma: no cover
 

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
 from .app import create_emulator_app
-from .bodies import wants_reset
 from .state import EmulatorState
 from .tls import ServerTls, server_tls
 
@@ -36,7 +35,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class _EmulatorWSGIServer(ThreadedWSGIServer):
-    """werkzeug's threaded server, with TLS per connection and abortive closes on request."""
+    """werkzeug's threaded server, with the TLS handshake in each connection's thread."""
 
     tls: ssl.SSLContext | None = None
 
@@ -63,10 +62,7 @@ class _EmulatorWSGIServer(ThreadedWSGIServer):
             self.shutdown_request(conn)
 
     def shutdown_request(self, request: Any) -> None:
-        """Close the connection: an RST if a fault asked for one, else cleanly (close_notify)."""
-        if wants_reset(request):
-            request.close()  # SO_LINGER 0: the kernel answers with RST, no FIN, no close_notify
-            return
+        """Close the connection cleanly: TLS close_notify first, then the TCP FIN."""
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.settimeout(_CLOSE_NOTIFY_WAIT)
