@@ -167,13 +167,18 @@ def admin(emu: EmulatorAdmin) -> EmulatorAdmin:
     return emu
 
 
+def random_file(factory: pytest.TempPathFactory, name: str, size: int) -> tuple[Path, str]:
+    """Write ``size`` random bytes to a fresh folder; return the path and its quickXorHash."""
+    data = os.urandom(size)
+    path = factory.mktemp("data") / name
+    path.write_bytes(data)
+    return path, qxh(data)
+
+
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A 25 MiB file of random bytes and its quickXorHash, written once."""
-    data = os.urandom(BIG)
-    path = tmp_path_factory.mktemp("data") / "big.bin"
-    path.write_bytes(data)
-    return path, qxh(data)
+    return random_file(tmp_path_factory, "big.bin", BIG)
 
 
 def _harness(server: EmulatorServer, admin: EmulatorAdmin, email: str, tmp: Path) -> Harness:
@@ -503,10 +508,7 @@ def assert_fragments_cover_once(log: list[dict[str, Any]], size: int) -> None:
 @pytest.fixture(scope="module")
 def mid_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A 20 MiB file of random bytes and its quickXorHash, written once."""
-    data = os.urandom(MID)
-    path = tmp_path_factory.mktemp("data") / "mid.bin"
-    path.write_bytes(data)
-    return path, qxh(data)
+    return random_file(tmp_path_factory, "mid.bin", MID)
 
 
 def fragmented(alex: Harness, mid_file: tuple[Path, str], arm: Callable[[], None]) -> list[Any]:
