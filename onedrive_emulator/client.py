@@ -19,12 +19,17 @@ class EmulatorAdmin:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = requests.Session()
-        if verify:
-            self._http.verify = verify
+        # Per request, not Session.verify: requests lets REQUESTS_CA_BUNDLE override the latter.
+        self._verify: str | bool = verify or True
 
     def _call(self, method: str, path: str, json: Any = None, data: bytes | None = None) -> Any:
         resp = self._http.request(
-            method, f"{self.base_url}/_emulator{path}", json=json, data=data, timeout=self.timeout
+            method,
+            f"{self.base_url}/_emulator{path}",
+            json=json,
+            data=data,
+            timeout=self.timeout,
+            verify=self._verify,
         )
         resp.raise_for_status()
         return resp.json()
