@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python bench/upload.py [--small-count 100 --small-mb 1 --big-mb 256 --fragment-mb 10]
+    .venv/bin/python bench/upload.py --tls   # over HTTPS, as production talks to Microsoft
 
 Both sides send the same bytes to the same local OneDrive emulator:
 
@@ -60,19 +61,30 @@ TIMEOUT = (10, 300)
 
 
 class Emulator:
-    """The OneDrive emulator, in a subprocess (default) or in this process."""
+    """The OneDrive emulator, in a subprocess (default) or in this process, HTTP or HTTPS.
 
-    def __init__(self, mode: str) -> None:
+    Over HTTPS the emulator's CA is trusted the way production code would trust one:
+    ``REQUESTS_CA_BUNDLE`` (and ``SSL_CERT_FILE``) point at certifi's roots plus that CA, for
+    this process and the memory-measuring subprocesses it starts.
+    """
+
+    def __init__(self, mode: str, tls: bool = False) -> None:
         self.mode = mode
+        self.tls = tls
         self._proc: subprocess.Popen[str] | None = None
         self._server: EmulatorServer | None = None
         self.url = ""
 
+    def _trust(self, bundle: str) -> None:
+        os.environ["REQUESTS_CA_BUNDLE"] = os.environ["SSL_CERT_FILE"] = bundle
+
     def __enter__(self) -> Emulator:
         clients = [(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]
         if self.mode == "inprocess":
-            self._server = EmulatorServer(clients=clients).start()
+            self._server = EmulatorServer(clients=clients, tls=self.tls).start()
             self.url = self._server.url
+            if self._server.bundle_file:
+                self._trust(self._server.bundle_file)
             return self
         cmd = [
             sys.executable,
@@ -86,6 +98,7 @@ class Emulator:
             CLIENT_SECRET,
             "--redirect-uri",
             REDIRECT_URI,
+            *(["--tls"] if self.tls else []),
         ]
         self._proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
@@ -94,6 +107,12 @@ class Emulator:
             self.__exit__(None, None, None)
             raise RuntimeError(f"the emulator did not start: {line!r}")
         self.url = line.split()[3]
+        if self.tls:
+            ca_line = self._proc.stdout.readline()  # "CA certificate: … REQUESTS_CA_BUNDLE=…"
+            if "REQUESTS_CA_BUNDLE=" not in ca_line:
+                self.__exit__(None, None, None)
+                raise RuntimeError(f"the emulator printed no CA bundle: {ca_line!r}")
+            self._trust(ca_line.split("REQUESTS_CA_BUNDLE=", 1)[1].split()[0])
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -354,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         default="subprocess",
         help="where the emulator runs (subprocess: it does not share our GIL)",
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="serve the emulator over HTTPS (throw-away CA)"
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--measure-memory", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -371,11 +393,12 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(Path(tmp), args.small_count, args.small_mb, args.big_mb)
         print(
             f"test data: {args.small_count} x {args.small_mb:g} MiB + {args.big_mb} MiB "
-            f"in {time.perf_counter() - t0:.1f}s; emulator: {args.emulator}; "
+            f"in {time.perf_counter() - t0:.1f}s; emulator: {args.emulator} "
+            f"over {'HTTPS' if args.tls else 'HTTP'}; "
             f"fragment {args.fragment_mb:g} MiB; {args.rounds} rounds",
             flush=True,
         )
-        with Emulator(args.emulator) as emu:
+        with Emulator(args.emulator, tls=args.tls) as emu:
             run_round(
                 emu.url,
                 Data(data.small[:5], data.small[0]),

@@ -1,4 +1,8 @@
-"""Start the emulator: ``python -m onedrive_emulator --host 127.0.0.1 --port 8765``.
+"""Start the emulator: ``python -m onedrive_emulator --host 127.0.0.1 --port 8765 [--tls]``.
+
+``--tls`` serves HTTPS with a certificate from a throw-away CA and prints where the CA file and
+a ready bundle (certifi's roots plus that CA, for ``REQUESTS_CA_BUNDLE``) are; both are deleted
+when the emulator stops. ``--latency-ms 50`` adds 50 ms to every request but the admin API.
 
 Register apps with repeated ``--client-id X --client-secret Y --redirect-uri URI`` groups (one
 secret per client id, in order; several ``--redirect-uri`` apply to the latest client).
@@ -8,7 +12,9 @@ Development and tests only: it refuses to start with ``DRIVESYNC_ENV=production`
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+from types import FrameType
 
 from .server import EmulatorServer
 
@@ -31,6 +37,11 @@ class _ClientAction(argparse.Action):
         namespace.clients = clients
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """Turn SIGTERM into KeyboardInterrupt so the temporary folders are removed."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and serve until interrupted."""
     parser = argparse.ArgumentParser(
@@ -42,6 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("--client-id", "--client-secret", "--redirect-uri"):
         parser.add_argument(flag, action=_ClientAction, dest="clients")
     parser.add_argument("--verbose", action="store_true", help="log every request")
+    parser.add_argument(
+        "--tls", action="store_true", help="serve HTTPS with a throw-away CA (needs trustme)"
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="milliseconds added to every request except the admin API",
+    )
     args = parser.parse_args(argv)
     clients = []
     for c in args.clients or []:
@@ -49,9 +69,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--client-secret / --redirect-uri must follow a --client-id")
         clients.append((c["id"], c["secret"], c["uris"]))
     try:
-        server = EmulatorServer(args.host, args.port, clients=clients, quiet=not args.verbose)
+        server = EmulatorServer(
+            args.host,
+            args.port,
+            clients=clients,
+            quiet=not args.verbose,
+            tls=args.tls,
+            latency=args.latency_ms / 1000,
+        )
         server.start()
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(
@@ -59,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{server.url}/common/oauth2/v2.0/authorize, admin: {server.url}/_emulator/)",
         flush=True,
     )
+    if server.tls is not None:
+        print(
+            f"CA certificate: {server.ca_file} (trust it with "
+            f"REQUESTS_CA_BUNDLE={server.bundle_file} SSL_CERT_FILE={server.bundle_file})",
+            flush=True,
+        )
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         assert server._thread is not None  # noqa: S101
         server._thread.join()

@@ -17,13 +17,21 @@ Routes (JSON bodies; every answer is JSON):
 ``POST   /_emulator/faults/throttle``                        ``every`` (Nth request), ``count``
                                                              (next K), ``retry_after`` seconds
 ``POST   /_emulator/faults/fail``                            ``status`` 500|502|503|504,
-                                                             ``count``, ``retry_after`` (503)
+                                                             ``count``, ``retry_after`` (503
+                                                             only; null = no header)
 ``POST   /_emulator/faults/expire-access-tokens``            ``after_seconds``
 ``POST   /_emulator/faults/expire-upload-sessions``          all open sessions now 404
-``POST   /_emulator/faults/drop-connection``                 ``count``: next fragments cut mid-body
-``POST   /_emulator/faults/lose-response``                   ``count``: next fragments stored, no
-                                                             answer
-``DELETE /_emulator/faults``                                 clear all faults
+``POST   /_emulator/faults/drop-connection``                 ``count``, ``target`` fragment|graph:
+                                                             cut mid-body (no close_notify)
+``POST   /_emulator/faults/lose-response``                   ``count``, ``target``: request done
+                                                             (fragment stored), answer lost
+``POST   /_emulator/faults/reset-connection``                ``count``, ``target``: RST mid-body
+                                                             (SO_LINGER 0)
+``DELETE /_emulator/faults``                                 clear all faults (not the latency)
+``GET    /_emulator/latency``                                ``{"ms": N}``
+``PUT    /_emulator/latency``                                ``ms``: added to every non-admin
+                                                             request (reset restores the
+                                                             ``--latency-ms`` start value)
 ``POST   /_emulator/accounts/<email>/revoke-consent``        refresh -> invalid_grant, bearer 401
 ``POST   /_emulator/accounts/<email>/quota-exceeded``        ``on``: uploads answer 507
 ``PUT    /_emulator/accounts/<email>/items/<path>``          raw body = new content (server-side
@@ -31,7 +39,10 @@ Routes (JSON bodies; every answer is JSON):
 ``GET    /_emulator/accounts/<email>/items``                 path, id, size, quickXorHash, eTag,
                                                              cTag, folder
 ``GET    /_emulator/requests``                               request log: method, path, query,
-                                                             status, had_authorization_header
+                                                             status (0 = cut), dropped, cut
+                                                             (drop|lose|reset), content_length,
+                                                             content_range, next_expected,
+                                                             had_authorization_header
 ``DELETE /_emulator/requests``                               clear the request log
 ``POST   /_emulator/reset``                                  wipe drives, tokens, faults, log;
                                                              keep registered clients
@@ -47,6 +58,7 @@ from flask import Blueprint, Response, jsonify, request
 from drivesync.graph.quickxor import QuickXorHash
 
 from .bodies import copy_body
+from .faults import FAIL_STATUSES
 from .identity import get_state, token_body
 from .items import GraphProblem, commit_file, ctag, ensure_folders, etag, resolve
 from .state import DEFAULT_QUOTA, Account, EmulatorState
@@ -181,16 +193,17 @@ def throttle() -> Response:
 
 @bp.post("/faults/fail")
 def fail() -> Response:
-    """Answer the next ``count`` Graph requests with a 5xx."""
+    """Answer the next ``count`` Graph requests with a 5xx (503: Retry-After unless null)."""
     body = _body()
     status = int(body.get("status", 503))
-    if status not in (500, 502, 503, 504):
+    if status not in FAIL_STATUSES:
         return _bad("status must be 500, 502, 503 or 504")
+    retry_after = body.get("retry_after", 1)
     state = get_state()
     with state.lock:
         state.faults.fail_status = status
         state.faults.fail_count = int(body.get("count", 1))
-        state.faults.fail_retry_after = int(body.get("retry_after", 1))
+        state.faults.fail_retry_after = None if retry_after is None else int(retry_after)
     return jsonify({"ok": True})
 
 
@@ -208,22 +221,49 @@ def expire_upload_sessions() -> Response:
     return jsonify({"ok": True})
 
 
+def _arm(kind: str) -> Response:
+    body = _body()
+    state = get_state()
+    try:
+        with state.lock:
+            state.faults.arm(kind, str(body.get("target", "fragment")), int(body.get("count", 1)))
+    except ValueError as exc:
+        return _bad(str(exc))
+    return jsonify({"ok": True})
+
+
 @bp.post("/faults/drop-connection")
 def drop_connection() -> Response:
-    """Cut the connection in the middle of the next fragment(s)."""
-    state = get_state()
-    with state.lock:
-        state.faults.drop_count = int(_body().get("count", 1))
-    return jsonify({"ok": True})
+    """Cut the connection in the middle of the next request body(s), without close_notify."""
+    return _arm("drop")
 
 
 @bp.post("/faults/lose-response")
 def lose_response() -> Response:
-    """Store the next fragment(s) but close the connection instead of answering."""
-    state = get_state()
-    with state.lock:
-        state.faults.lose_count = int(_body().get("count", 1))
-    return jsonify({"ok": True})
+    """Do the next request(s) (store the fragment) but close the connection instead of answering."""
+    return _arm("lose")
+
+
+@bp.post("/faults/reset-connection")
+def reset_connection() -> Response:
+    """Abort the next connection(s) with an RST in the middle of the request body."""
+    return _arm("reset")
+
+
+@bp.get("/latency")
+def get_latency() -> Response:
+    """Return the delay added to every non-admin request."""
+    return jsonify({"ms": round(get_state().latency * 1000)})
+
+
+@bp.put("/latency")
+def set_latency() -> Response:
+    """Set the delay added to every non-admin request (until the next reset)."""
+    try:
+        get_state().set_latency(float(_body().get("ms", 0)) / 1000)
+    except (TypeError, ValueError) as exc:
+        return _bad(str(exc))
+    return get_latency()
 
 
 @bp.delete("/faults")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import struct
 from collections.abc import Iterator
-from typing import IO
+from typing import IO, Any
 
 from flask import Response, g, request
 from werkzeug.exceptions import ClientDisconnected
@@ -58,23 +60,60 @@ def read_and_discard(nbytes: int) -> None:
 
 
 def drop_connection() -> Response:
-    """Close the client's socket without an answer (werkzeug's server only).
+    """Close the client's connection without an answer (werkzeug's server only).
 
-    The socket is shut down only when werkzeug starts sending the body, after the request log
-    entry was written: a client that retries at once then always finds the drop logged first.
-    The body raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats as
-    a dropped connection: no status line ever reaches the client.
+    Over TLS no ``close_notify`` is sent: the client meets a bare TCP FIN (then an RST if it
+    keeps sending), what a crashed front end or a cut link looks like.
+    """
+    return _abort(reset=False)
+
+
+def reset_connection() -> Response:
+    """Abort the client's connection with an RST (``SO_LINGER`` 0), without an answer."""
+    return _abort(reset=True)
+
+
+_LINGER_ABORT = struct.pack("ii", 1, 0)
+
+
+def _sever(sock: Any, *, reset: bool) -> None:
+    """Cut ``sock``'s TCP connection now, leaving werkzeug a harmless dead socket to close.
+
+    ``shutdown`` drops the TLS layer without ``close_notify`` (and, for a drop, sends the FIN);
+    then a socketpair end whose peer is gone is ``dup2``-ed over the descriptor, which releases
+    the connection at once (an RST with ``SO_LINGER`` 0, or when unread body bytes remain) while
+    werkzeug's later reads see EOF instead of the rest of the body or someone else's socket.
+    """
+    if reset:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ABORT)
+    try:
+        sock.shutdown(socket.SHUT_RD if reset else socket.SHUT_RDWR)
+    except OSError:
+        pass
+    dead, peer = socket.socketpair()
+    peer.close()
+    try:
+        os.dup2(dead.fileno(), sock.fileno())
+    finally:
+        dead.close()
+
+
+def _abort(*, reset: bool) -> Response:
+    """Return a response whose body cuts the connection instead of sending anything.
+
+    The connection is cut only when werkzeug starts sending the body, after the request log
+    entry was written: a client that retries at once then always finds the cut logged first.
+    The body raises ``ConnectionAbortedError`` before a byte is written, which werkzeug treats
+    as a dropped connection: no status line ever reaches the client.
     """
     sock = request.environ.get("werkzeug.socket")
     g.dropped = True
+    g.cut = "reset" if reset else "drop"
 
     def body() -> Iterator[bytes]:
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        raise ConnectionAbortedError("the emulator dropped this connection on purpose")
+            _sever(sock, reset=reset)
+        raise ConnectionAbortedError("the emulator cut this connection on purpose")
         yield b""  # pragma: no cover
 
     return Response(body(), status=500)

@@ -11,15 +11,25 @@ import requests
 class EmulatorAdmin:
     """Drive the emulator's admin API over HTTP."""
 
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
-        """Point the client at ``base_url`` (the emulator's root URL)."""
+    def __init__(self, base_url: str, timeout: float = 10.0, verify: str | None = None) -> None:
+        """Point the client at ``base_url``; ``verify`` names a CA file for an HTTPS emulator.
+
+        Without ``verify``, ``requests`` trusts ``REQUESTS_CA_BUNDLE`` (or certifi's roots).
+        """
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self._http = requests.Session()
+        # Per request, not Session.verify: requests lets REQUESTS_CA_BUNDLE override the latter.
+        self._verify: str | bool = verify or True
 
     def _call(self, method: str, path: str, json: Any = None, data: bytes | None = None) -> Any:
         resp = self._http.request(
-            method, f"{self.base_url}/_emulator{path}", json=json, data=data, timeout=self.timeout
+            method,
+            f"{self.base_url}/_emulator{path}",
+            json=json,
+            data=data,
+            timeout=self.timeout,
+            verify=self._verify,
         )
         resp.raise_for_status()
         return resp.json()
@@ -82,8 +92,11 @@ class EmulatorAdmin:
             "POST", "/faults/throttle", {"every": every, "count": count, "retry_after": retry_after}
         )
 
-    def fail(self, status: int, count: int, retry_after: int = 1) -> None:
-        """Answer the next ``count`` Graph requests with ``status`` (500/502/503/504)."""
+    def fail(self, status: int, count: int, retry_after: int | None = 1) -> None:
+        """Answer the next ``count`` Graph requests with ``status`` (500/502/503/504).
+
+        A 503 carries ``Retry-After: retry_after`` unless it is None; other statuses never do.
+        """
         self._call(
             "POST", "/faults/fail", {"status": status, "count": count, "retry_after": retry_after}
         )
@@ -100,13 +113,25 @@ class EmulatorAdmin:
         """Expire all open upload sessions (they answer 404)."""
         self._call("POST", "/faults/expire-upload-sessions")
 
-    def drop_connection(self, count: int = 1) -> None:
-        """Cut the connection in the middle of the next ``count`` fragments."""
-        self._call("POST", "/faults/drop-connection", {"count": count})
+    def drop_connection(self, count: int = 1, target: str = "fragment") -> None:
+        """Cut the connection mid-body for the next ``count`` requests (fragment|graph)."""
+        self._call("POST", "/faults/drop-connection", {"count": count, "target": target})
 
-    def lose_response(self, count: int = 1) -> None:
-        """Store the next ``count`` fragments but close the connection instead of answering."""
-        self._call("POST", "/faults/lose-response", {"count": count})
+    def lose_response(self, count: int = 1, target: str = "fragment") -> None:
+        """Do the next ``count`` requests but close the connection instead of answering."""
+        self._call("POST", "/faults/lose-response", {"count": count, "target": target})
+
+    def reset_connection(self, count: int = 1, target: str = "fragment") -> None:
+        """Abort the connection with an RST mid-body for the next ``count`` requests."""
+        self._call("POST", "/faults/reset-connection", {"count": count, "target": target})
+
+    def set_latency(self, ms: float) -> None:
+        """Add ``ms`` milliseconds to every non-admin request (until the next reset)."""
+        self._call("PUT", "/latency", {"ms": ms})
+
+    def latency(self) -> float:
+        """Return the added latency in milliseconds."""
+        return float(self._call("GET", "/latency")["ms"])
 
     def quota_exceeded(self, email: str, on: bool = True) -> None:
         """Make uploads for ``email`` answer 507 (or stop doing so)."""
@@ -131,7 +156,7 @@ class EmulatorAdmin:
         self._call("POST", "/reset")
 
     def requests_log(self) -> list[dict[str, Any]]:
-        """Return the request log: method, path, query, status, had_authorization_header."""
+        """Return the request log (see onedrive_emulator.admin for the fields)."""
         return self._call("GET", "/requests")
 
     def clear_requests_log(self) -> None:

@@ -1,13 +1,30 @@
-"""Fault injection: throttling, 5xx bursts, dropped connections and lost responses.
+"""Fault injection: throttling, 5xx bursts, dropped, lost and reset connections, latency.
 
-Throttling follows https://learn.microsoft.com/graph/throttling : 429 with a ``Retry-After``
-header (seconds); 503 may carry one too. Faults apply to Graph traffic (``/v1.0/``) and to the
-pre-authenticated upload and download URLs, never to the identity platform or the admin API.
+Throttling follows https://learn.microsoft.com/graph/throttling : 429 always carries a
+``Retry-After`` header (seconds); 503 may carry one. Status faults apply to Graph traffic
+(``/v1.0/``) and to the pre-authenticated upload and download URLs, never to the identity
+platform or the admin API.
+
+Connection faults are aimed at a *target*: ``fragment`` (a PUT to an upload session URL, the
+default) or ``graph`` (any request under ``/v1.0/``, e.g. a simple ``PUT …/content``):
+
+- ``drop``: read about half of the request body, then close the connection without an answer
+  (over TLS without ``close_notify``): the client sees the connection die mid-body;
+- ``lose``: let the request succeed (the fragment or file is stored), then close the connection
+  instead of sending the answer;
+- ``reset``: read about half of the body, then abort the connection with an RST
+  (``SO_LINGER`` 0): no FIN, no ``close_notify``.
+
+Each armed fault fires once per matching request, ``count`` times, in the order above.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+CONNECTION_FAULTS = ("drop", "lose", "reset")
+TARGETS = ("fragment", "graph")
+FAIL_STATUSES = (500, 502, 503, 504)
 
 
 @dataclass
@@ -27,13 +44,12 @@ class Faults:
     retry_after: int = 1
     fail_status: int | None = None
     fail_count: int = 0
-    fail_retry_after: int = 1
-    drop_count: int = 0
-    lose_count: int = 0
+    fail_retry_after: int | None = 1
+    armed: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, target) -> count
     graph_requests: int = 0
 
     def next_fault(self) -> Injected | None:
-        """Count one Graph request and return the fault to inject for it, if any."""
+        """Count one Graph request and return the status fault to answer it with, if any."""
         self.graph_requests += 1
         if self.throttle_count > 0:
             self.throttle_count -= 1
@@ -42,23 +58,26 @@ class Faults:
             return Injected(429, self.retry_after)
         if self.fail_status and self.fail_count > 0:
             self.fail_count -= 1
+            # Only 503 may carry Retry-After (graph/throttling); 500/502/504 never do.
             retry_after = self.fail_retry_after if self.fail_status == 503 else None
             return Injected(self.fail_status, retry_after)
         return None
 
-    def take_drop(self) -> bool:
-        """Consume one 'drop the connection mid-fragment' fault."""
-        if self.drop_count > 0:
-            self.drop_count -= 1
-            return True
-        return False
+    def arm(self, kind: str, target: str, count: int) -> None:
+        """Make the next ``count`` requests of ``target`` suffer connection fault ``kind``."""
+        if kind not in CONNECTION_FAULTS or target not in TARGETS:
+            raise ValueError(f"unknown connection fault {kind!r} on {target!r}")
+        self.armed[(kind, target)] = max(0, count)
 
-    def take_lose(self) -> bool:
-        """Consume one 'store the fragment but lose the response' fault."""
-        if self.lose_count > 0:
-            self.lose_count -= 1
-            return True
-        return False
+    def take(self, kind: str, target: str | None) -> bool:
+        """Consume one armed ``kind`` fault for a request of ``target``; return whether it fires."""
+        if target is None:
+            return False
+        left = self.armed.get((kind, target), 0)
+        if left <= 0:
+            return False
+        self.armed[(kind, target)] = left - 1
+        return True
 
     def clear(self) -> None:
         """Switch every fault off (the request counter keeps counting)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, g, redirect, request
+from flask import Blueprint, Response, g, request
 
 from drivesync.graph.quickxor import QuickXorHash
 
@@ -213,7 +213,8 @@ def _handle(state: EmulatorState, account: Account, t: Target) -> Response:
             item = _existing(where)
             if item.is_folder:
                 raise not_found("A folder has no content to download.")
-            return redirect(download_url(state, t.drive, item, request.url_root), code=302)
+            url = download_url(state, t.drive, item, request.url_root)
+            return Response(status=302, headers={"Location": url})
         _only(method, "PUT")
         return _simple_upload(state, account, where)
     if action == "/createUploadSession":

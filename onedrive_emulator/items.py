@@ -339,6 +339,7 @@ def commit_file(
     existing file, rename -> a free name.
     """
     with state.lock:
+        existing: Item | None
         if target is not None:
             if target.deleted or target.is_folder:
                 raise not_found()

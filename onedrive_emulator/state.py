@@ -205,6 +205,8 @@ class EmulatorState:
             os.makedirs(os.path.join(self.data_dir, sub), exist_ok=True)
         self.download_key = secrets.token_bytes(32)
         self.seed_demo = seed_demo
+        self.default_latency = 0.0  # seconds added to every non-admin request; kept on reset
+        self.latency = 0.0
         self._init_maps()
         if seed_demo:
             self.seed()
@@ -235,8 +237,18 @@ class EmulatorState:
             self._wipe_files()
             self._init_maps()
             self.clients = clients
+            self.latency = self.default_latency
             if self.seed_demo:
                 self.seed()
+
+    def set_latency(self, seconds: float, *, default: bool = False) -> None:
+        """Add ``seconds`` to every non-admin request (``default``: also after a reset)."""
+        if not 0 <= seconds <= 60:
+            raise ValueError("latency must be between 0 and 60 seconds")
+        with self.lock:
+            self.latency = float(seconds)
+            if default:
+                self.default_latency = float(seconds)
 
     def _wipe_files(self) -> None:
         for sub in ("blobs", "sessions", "tmp"):

@@ -25,9 +25,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, Response, request, send_file
+from flask import Blueprint, Response, g, request, send_file
 
-from .bodies import Incomplete, copy_body, drop_connection, read_and_discard
+from .bodies import Incomplete, copy_body
 from .identity import get_state
 from .items import (
     GraphProblem,
@@ -57,8 +57,9 @@ def next_expected_ranges(session: UploadSession, drive_type: str) -> list[str]:
 
 
 def session_status(state: EmulatorState, session: UploadSession) -> dict[str, Any]:
-    """Return the uploadSession status body."""
+    """Return the uploadSession status body (and note the offset for the request log)."""
     drive = state.drives[session.drive_id.casefold()]
+    g.next_expected = session.received
     return {
         "expirationDateTime": iso(session.expires_at),
         "nextExpectedRanges": next_expected_ranges(session, drive.drive_type),
@@ -168,12 +169,8 @@ def _put_fragment(state: EmulatorState, session: UploadSession) -> Response:
         assert account is not None  # noqa: S101
         if account.quota_exceeded:
             check_quota(account, 0, 0)
-        drop = state.faults.take_drop()
         session.busy = True
     try:
-        if drop:
-            read_and_discard(max(1, length // 2))
-            return drop_connection()
         hasher = session.hash.copy()
         try:
             with open(session.part_path, "r+b") as fh:
@@ -188,12 +185,10 @@ def _put_fragment(state: EmulatorState, session: UploadSession) -> Response:
             session.received = end + 1
             session.hash = hasher
             session.expires_at = utcnow() + UPLOAD_SESSION_LIFETIME
-            lose = state.faults.take_lose()
         if session.received < total or session.defer_commit:
-            response = graph_json(session_status(state, session), 202)
-        else:
-            response = _commit(state, session)
-        return drop_connection() if lose else response
+            return graph_json(session_status(state, session), 202)
+        g.next_expected = session.received
+        return _commit(state, session)
     finally:
         session.busy = False
 

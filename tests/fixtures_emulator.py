@@ -1,10 +1,21 @@
-"""Fixtures for running the app against the local OneDrive emulator over real sockets."""
+"""Fixtures for running the app against the local OneDrive emulator over real sockets.
+
+The emulator serves HTTPS by default, the way Microsoft always does: one throw-away CA per test
+session signs every emulator's certificate, and the CA is trusted the way production code would
+trust a corporate root: ``REQUESTS_CA_BUNDLE`` and ``SSL_CERT_FILE`` point at certifi's roots plus
+that CA, for this test process and the subprocesses it starts (the Celery worker). ``requests``
+prefers ``REQUESTS_CA_BUNDLE`` over ``Session.verify``, so nothing in the product is told about
+the CA. ``DRIVESYNC_TEST_EMULATOR_TLS=0`` runs the same tests over plain HTTP.
+"""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -13,6 +24,10 @@ from flask.testing import FlaskClient
 
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
+from onedrive_emulator.tls import new_ca, write_bundle
+
+if TYPE_CHECKING:
+    import trustme
 
 CLIENT_ID = "drivesync-test-client"
 CLIENT_SECRET = "drivesync-test-secret"
@@ -21,10 +36,52 @@ ALEX = "alex@contoso.example"
 MEGAN = "megan@fabrikam.example"
 
 
+EMULATOR_TLS = os.environ.get("DRIVESYNC_TEST_EMULATOR_TLS", "1") != "0"
+TRUST_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE")
+
+
+@dataclass(frozen=True)
+class EmulatorCA:
+    """The session's throw-away CA and the files that trust it."""
+
+    ca: trustme.CA
+    ca_file: Path  # the CA alone
+    bundle_file: Path  # certifi's roots + the CA (what REQUESTS_CA_BUNDLE points at)
+
+
 @pytest.fixture(scope="session")
-def emulator() -> Iterator[EmulatorServer]:
-    """One emulator for the session, with the test app registered."""
-    with EmulatorServer(clients=[(CLIENT_ID, CLIENT_SECRET, [CALLBACK])]) as server:
+def emulator_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorCA | None]:
+    """Trust one throw-away CA for the rest of the session (None when TLS is switched off)."""
+    if not EMULATOR_TLS:
+        yield None
+        return
+    ca = new_ca()
+    folder = tmp_path_factory.mktemp("emulator-ca")
+    ca_file = folder / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    bundle = Path(write_bundle(ca.cert_pem.bytes(), str(folder / "bundle.pem")))
+    saved = {name: os.environ.get(name) for name in TRUST_VARIABLES}
+    os.environ.update(dict.fromkeys(TRUST_VARIABLES, str(bundle)))
+    try:
+        yield EmulatorCA(ca, ca_file, bundle)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def new_emulator(emulator_ca: EmulatorCA | None, **kwargs: Any) -> EmulatorServer:
+    """Return an emulator (not started) serving HTTPS with the session's CA, or plain HTTP."""
+    ca = emulator_ca.ca if emulator_ca else None
+    return EmulatorServer(tls=ca is not None, ca=ca, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def emulator(emulator_ca: EmulatorCA | None) -> Iterator[EmulatorServer]:
+    """One emulator for the session (HTTPS by default), with the test app registered."""
+    with new_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [CALLBACK])]) as server:
         yield server
 
 

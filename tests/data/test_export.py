@@ -39,7 +39,7 @@ def test_export_holds_exactly_the_users_files_byte_for_byte(app, make_user, make
     }
     for name, data in files.items():
         make_file(a, name, data)
-    dup = make_file(a, "report.pdf", b"second report")
+    make_file(a, "report.pdf", b"second report")
     make_file(a, "a:b*c?.txt", b"odd name")
     make_file(b, "secret-of-b.txt", b"B's bytes")
     zf = _export(signed_in(a))

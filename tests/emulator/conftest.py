@@ -6,16 +6,20 @@ import asyncio
 import base64
 import hashlib
 import secrets
+import ssl
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPConnection, HTTPSConnection
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
+from tests.fixtures_emulator import EmulatorCA, new_emulator
 
 CLIENT_ID = "11112222-bbbb-3333-cccc-4444dddd5555"
 CLIENT_SECRET = "s3cr3t-value"
@@ -35,6 +39,19 @@ class Env:
     def url(self) -> str:
         return self.server.url
 
+    def connection(self, timeout: float = 5) -> HTTPConnection:
+        """Return a raw HTTP(S) connection to the emulator, for requests ``requests`` won't send."""
+        parts = urlsplit(self.url)
+        if self.server.tls:
+            return HTTPSConnection(
+                parts.hostname, parts.port, timeout=timeout, context=self.ssl_context()
+            )
+        return HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Return a client context trusting the emulator's CA (None over plain HTTP)."""
+        return ssl.create_default_context(cafile=self.server.ca_file) if self.server.tls else None
+
     @property
     def graph(self) -> str:
         return f"{self.server.url}/v1.0"
@@ -50,9 +67,10 @@ class Env:
 
 
 @pytest.fixture(scope="session")
-def emulator_server() -> Iterator[EmulatorServer]:
-    with EmulatorServer(clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as server:
-        yield server
+def emulator_server(emulator_ca: EmulatorCA | None) -> Iterator[EmulatorServer]:
+    """This package's own emulator, over HTTPS signed by the session's CA (by default)."""
+    with new_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as s:
+        yield s
 
 
 @pytest.fixture

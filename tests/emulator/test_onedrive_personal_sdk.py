@@ -7,11 +7,13 @@ two constants; no library code is modified. It validates ``quickXorHash`` itself
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
-from aiohttp import ClientSession
+from aiohttp import ClientSession, TCPConnector
 from onedrive_personal_sdk import OneDriveClient
 from onedrive_personal_sdk.clients import client as sdk_client
 from onedrive_personal_sdk.clients import large_file_upload as sdk_upload
@@ -35,6 +37,25 @@ def sdk_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> Env:
     monkeypatch.setattr(sdk_client, "GRAPH_BASE_URL", env.graph)
     monkeypatch.setattr(sdk_upload, "GRAPH_BASE_URL", env.graph)
     return env
+
+
+@asynccontextmanager
+async def sdk_session(env: Env) -> AsyncIterator[ClientSession]:
+    """Yield the aiohttp session the SDK is handed, trusting the emulator's CA.
+
+    aiohttp builds its default SSL context when it is imported, before the test session trusts
+    the CA through SSL_CERT_FILE, so the context is handed over explicitly. werkzeug closes
+    every connection after its answer, and aiohttp shuts those TLS connections down in the
+    background: the short wait lets that finish before the event loop ends (aiohttp's
+    "graceful shutdown" advice), instead of leaving unclosed transports behind.
+    """
+    context = env.ssl_context()
+    try:
+        async with ClientSession(connector=TCPConnector(ssl=context) if context else None) as s:
+            yield s
+    finally:
+        if context:
+            await asyncio.sleep(0.25)
 
 
 async def _stream(data: bytes, piece: int = 1024 * 1024) -> AsyncIterator[bytes]:
@@ -68,7 +89,7 @@ def test_multi_fragment_upload_download_and_conflicts(sdk_env: Env) -> None:
         return access
 
     async def scenario() -> None:
-        async with ClientSession() as session:
+        async with sdk_session(env) as session:
             client = OneDriveClient(token, session)
             drive = await client.get_drive()
             assert drive.id
@@ -123,7 +144,7 @@ def test_lost_response_recovery_exposes_sdk_hash_bug(sdk_env: Env) -> None:
         return access
 
     async def scenario():
-        async with ClientSession() as session:
+        async with sdk_session(env) as session:
             root = await OneDriveClient(token, session).get_drive_item("root")
             calls: list[int] = []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from http.client import HTTPConnection
 from urllib.parse import urlsplit
 
 import pytest
@@ -117,7 +116,7 @@ def test_header_rules(env: Env, http: requests.Session) -> None:
 def test_fragment_over_60_mib_refused(env: Env, http: requests.Session) -> None:
     url = urlsplit(create(http, env, "huge.bin"))
     size = 60 * 1024 * 1024 + UNIT
-    conn = HTTPConnection(url.hostname, url.port, timeout=5)
+    conn = env.connection()
     conn.putrequest("PUT", url.path)
     conn.putheader("Content-Length", str(size))
     conn.putheader("Content-Range", f"bytes 0-{size - 1}/{size * 2}")

@@ -167,13 +167,18 @@ def admin(emu: EmulatorAdmin) -> EmulatorAdmin:
     return emu
 
 
+def random_file(factory: pytest.TempPathFactory, name: str, size: int) -> tuple[Path, str]:
+    """Write ``size`` random bytes to a fresh folder; return the path and its quickXorHash."""
+    data = os.urandom(size)
+    path = factory.mktemp("data") / name
+    path.write_bytes(data)
+    return path, qxh(data)
+
+
 @pytest.fixture(scope="module")
 def big_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A 25 MiB file of random bytes and its quickXorHash, written once."""
-    data = os.urandom(BIG)
-    path = tmp_path_factory.mktemp("data") / "big.bin"
-    path.write_bytes(data)
-    return path, qxh(data)
+    return random_file(tmp_path_factory, "big.bin", BIG)
 
 
 def _harness(server: EmulatorServer, admin: EmulatorAdmin, email: str, tmp: Path) -> Harness:
@@ -434,3 +439,202 @@ def test_expired_access_token_is_refreshed_once(alex: Harness) -> None:
     assert alex.tokens.calls == [False, True]
     statuses = [e["status"] for e in alex.log() if e["path"] == "/v1.0/me"]
     assert statuses == [401, 200]
+
+
+# -- every fault over TLS ------------------------------------------------------------------------
+#
+# Each test injects one fault into a fragmented upload (after the first fragment was
+# acknowledged) or into a simple request, and demands what production needs: the file ends on
+# OneDrive intact (quickXorHash verified by upload_file and by the emulator's own listing), and
+# the uploader never re-sent a byte below the last fragment the server had acknowledged to it.
+
+MID = 20 * MIB  # four 5 MiB fragments
+# One simple PUT …/content (simple_max raised to it: Graph takes up to 250 MB that way). Big
+# enough that a cut after the emulator's first 64 KiB lands while the client is still sending:
+# a smaller body may already sit in the kernel's buffers, and then the cut looks like a lost
+# answer instead.
+SIMPLE = 8 * MIB
+
+
+def content_range(entry: dict[str, Any]) -> tuple[int, int]:
+    """Return (first, last) byte of a logged fragment PUT."""
+    match = re.fullmatch(r"bytes (\d+)-(\d+)/\d+", entry["content_range"] or "")
+    assert match, f"fragment PUT without a Content-Range: {entry}"
+    return int(match.group(1)), int(match.group(2))
+
+
+def assert_no_resend_below_ack(log: list[dict[str, Any]]) -> None:
+    """Assert no fragment PUT started below what the server had acknowledged to the client.
+
+    Acknowledged means an answer the client received: a 2xx to a fragment (up to its last byte)
+    or a session status (GET) naming the next expected byte. A cut answer (status 0) is not one.
+    """
+    acked: dict[str, int] = {}
+    for entry in log:
+        path = entry["path"]
+        if not path.startswith("/_upload/"):
+            continue
+        if entry["method"] == "PUT":
+            first, last = content_range(entry)
+            assert first >= acked.get(path, 0), (
+                f"bytes {first}-{last} re-sent below the acknowledged {acked[path]}"
+            )
+            if entry["status"] in (200, 201, 202):
+                acked[path] = max(acked.get(path, 0), last + 1)
+        elif entry["method"] == "GET" and entry["status"] == 200:
+            acked[path] = max(acked.get(path, 0), int(entry["next_expected"]))
+
+
+def assert_fragments_cover_once(log: list[dict[str, Any]], size: int) -> None:
+    """Assert the fragments the last session stored (answered or lost) tile 0..size exactly."""
+    puts = upload_puts(log)
+    last_session = [e for e in puts if e["path"] == puts[-1]["path"]]
+    stored = sorted(
+        content_range(e) for e in last_session if 200 <= e["status"] < 300 or e["cut"] == "lose"
+    )
+    expected = 0
+    for first, last in stored:
+        assert first == expected, f"gap or overlap at byte {first} (expected {expected})"
+        expected = last + 1
+    assert expected == size
+
+
+@pytest.fixture(scope="module")
+def mid_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A 20 MiB file of random bytes and its quickXorHash, written once."""
+    return random_file(tmp_path_factory, "mid.bin", MID)
+
+
+def fragmented(alex: Harness, mid_file: tuple[Path, str], arm: Callable[[], None]) -> list[Any]:
+    """Upload the 20 MiB file, running ``arm`` after the first fragment; check; return the log."""
+    path, digest = mid_file
+    result = alex.upload(
+        path, "faulted.bin", fragment_size=FRAGMENT, on_progress=after_first_fragment(arm)
+    )
+    alex.assert_holds(result, digest, MID)
+    assert result.sessions == 1
+    log = alex.log()
+    assert_no_resend_below_ack(log)
+    assert_no_auth_on_preauthenticated(log)
+    return log
+
+
+def simple(alex: Harness, arm: Callable[[], None]) -> list[Any]:
+    """Upload an 8 MiB file with one simple PUT after ``arm``; check it; return the log."""
+    data = os.urandom(SIMPLE)
+    arm()
+    result = alex.upload(alex.write("simple.bin", data), "simple.bin", simple_max=SIMPLE)
+    alex.assert_holds(result, qxh(data), SIMPLE)
+    assert result.sessions == 0
+    return alex.log()
+
+
+def cuts(log: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Return the requests the emulator cut with ``kind`` (drop, lose, reset)."""
+    return [e for e in log if e["cut"] == kind]
+
+
+def test_tls_fragment_dropped_mid_body(alex: Harness, mid_file: tuple[Path, str]) -> None:
+    """A fragment cut mid-body without close_notify is re-sent from the session's next byte."""
+    log = fragmented(alex, mid_file, lambda: alex.admin.drop_connection(1))
+    (cut,) = cuts(log, "drop")
+    assert content_range(cut)[0] == FRAGMENT  # the second fragment, after one acknowledged
+    assert_fragments_cover_once(log, MID)
+
+
+def test_tls_fragment_response_lost(alex: Harness, mid_file: tuple[Path, str]) -> None:
+    """A fragment stored but never answered is not sent again: the upload goes on after it."""
+    log = fragmented(alex, mid_file, lambda: alex.admin.lose_response(1))
+    (cut,) = cuts(log, "lose")
+    assert cut["next_expected"] == 2 * FRAGMENT  # the server stored it
+    after = [content_range(e)[0] for e in upload_puts(log)[upload_puts(log).index(cut) + 1 :]]
+    assert after and min(after) == 2 * FRAGMENT
+    assert_fragments_cover_once(log, MID)
+
+
+def test_tls_fragment_connection_reset(alex: Harness, mid_file: tuple[Path, str]) -> None:
+    """A fragment whose TLS connection is reset (RST) mid-body is re-sent and the file lands."""
+    log = fragmented(alex, mid_file, lambda: alex.admin.reset_connection(1))
+    (cut,) = cuts(log, "reset")
+    assert content_range(cut)[0] == FRAGMENT
+    assert_fragments_cover_once(log, MID)
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"),
+    [(503, 2), (503, None), (500, None), (502, None)],
+    ids=["503-retry-after", "503-bare", "500", "502"],
+)
+def test_tls_fragment_5xx_burst(
+    alex: Harness, mid_file: tuple[Path, str], status: int, retry_after: int | None
+) -> None:
+    """Three consecutive 5xx answers mid-upload are retried (Retry-After honoured when sent)."""
+    log = fragmented(alex, mid_file, lambda: alex.admin.fail(status, 3, retry_after=retry_after))
+    assert sum(e["status"] == status for e in log) == 3
+    assert len(alex.sleeper.waits) == 3
+    if retry_after is not None:
+        assert all(w >= retry_after for w in alex.sleeper.waits)
+    assert_fragments_cover_once(log, MID)
+
+
+def test_tls_fragment_429_storm(alex: Harness, mid_file: tuple[Path, str]) -> None:
+    """Four consecutive 429s with Retry-After: 2 are each waited out for at least 2 s."""
+    log = fragmented(alex, mid_file, lambda: alex.admin.throttle(count=4, retry_after=2))
+    assert sum(e["status"] == 429 for e in log) == 4
+    assert len(alex.sleeper.waits) == 4 and all(w >= 2 for w in alex.sleeper.waits)
+    assert_fragments_cover_once(log, MID)
+
+
+def test_tls_simple_put_dropped_mid_body(alex: Harness) -> None:
+    """A simple PUT cut mid-body (no close_notify) is sent again and the file lands once."""
+    log = simple(alex, lambda: alex.admin.drop_connection(1, target="graph"))
+    assert len(cuts(log, "drop")) == 1
+    assert [e["status"] for e in log if e["method"] == "PUT"] == [0, 201]
+
+
+def test_tls_simple_put_response_lost(alex: Harness) -> None:
+    """A simple PUT stored without an answer is recognised by its hash, not stored twice."""
+    log = simple(alex, lambda: alex.admin.lose_response(1, target="graph"))
+    assert len(cuts(log, "lose")) == 1
+    assert [e["status"] for e in log if e["method"] == "PUT"][0] == 0
+    assert [i["name"] for i in alex.admin.list_items(ALEX) if not i["folder"]] == ["simple.bin"]
+
+
+def test_tls_simple_put_connection_reset(alex: Harness) -> None:
+    """A simple PUT whose connection is reset mid-body is sent again and the file lands."""
+    log = simple(alex, lambda: alex.admin.reset_connection(1, target="graph"))
+    assert len(cuts(log, "reset")) == 1
+    assert [e["status"] for e in log if e["method"] == "PUT"] == [0, 201]
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_after"), [(503, 1), (503, None), (500, None), (502, None), (429, 1)]
+)
+def test_tls_simple_put_status_bursts(alex: Harness, status: int, retry_after: int | None) -> None:
+    """Three 5xx or 429 answers to a simple PUT are retried and the file lands once."""
+
+    def arm() -> None:
+        if status == 429:
+            alex.admin.throttle(count=3, retry_after=retry_after or 1)
+        else:
+            alex.admin.fail(status, 3, retry_after=retry_after)
+
+    log = simple(alex, arm)
+    assert [e["status"] for e in log if e["method"] == "PUT"] == [status] * 3 + [201]
+    assert len(alex.sleeper.waits) == 3
+
+
+@pytest.mark.parametrize("kind", ["drop", "lose", "reset"])
+def test_tls_reads_survive_connection_cuts(alex: Harness, kind: str) -> None:
+    """GET /me and a paged listing come back after their connection is cut once each."""
+    alex.upload(alex.write("one.txt", b"1"), "one.txt")
+    arm = {
+        "drop": alex.admin.drop_connection,
+        "lose": alex.admin.lose_response,
+        "reset": alex.admin.reset_connection,
+    }[kind]
+    arm(1, target="graph")
+    assert alex.client.me()["id"]
+    arm(1, target="graph")
+    assert [i["name"] for i in alex.client.list_children(alex.folder)] == ["one.txt"]
+    assert len(cuts(alex.log(), kind)) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import AuthError, GraphError
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
+from tests.fixtures_emulator import EmulatorCA, new_emulator
 
 pytestmark = pytest.mark.emulator
 
@@ -83,9 +85,9 @@ def assert_secret_free(exc: BaseException, *secrets: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[EmulatorServer]:
-    """One emulator on a real socket for this module, with the app registered."""
-    with EmulatorServer(clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as srv:
+def server(emulator_ca: EmulatorCA | None) -> Iterator[EmulatorServer]:
+    """One emulator for this module (HTTPS, the session's CA), with the app registered."""
+    with new_emulator(emulator_ca, clients=[(CLIENT_ID, CLIENT_SECRET, [REDIRECT_URI])]) as srv:
         yield srv
 
 
@@ -115,6 +117,19 @@ def test_consent_and_code_exchange_give_working_tokens(idp: Identity) -> None:
     assert tokens["expires_at"] > tokens.get("expires_in", 0)
     assert "offline_access" not in str(tokens.get("scope", ""))
     assert idp.me(tokens["access_token"])["mail"] == MEGAN
+
+
+def test_sign_in_needs_no_insecure_transport_over_https(
+    idp: Identity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over HTTPS the whole sign-in and refresh run with oauthlib's insecure-transport flag off."""
+    if not idp.settings.authority.startswith("https://"):
+        pytest.skip("DRIVESYNC_TEST_EMULATOR_TLS=0: the emulator serves plain HTTP")
+    monkeypatch.delenv("OAUTHLIB_INSECURE_TRANSPORT", raising=False)
+    tokens, _code, _verifier = idp.sign_in(ALEX)
+    again = oauth.refresh(idp.settings, tokens["refresh_token"], idp.http)
+    assert idp.me(again["access_token"])["mail"] == ALEX
+    assert "OAUTHLIB_INSECURE_TRANSPORT" not in os.environ
 
 
 def test_declined_consent_redirects_with_access_denied(idp: Identity) -> None:
