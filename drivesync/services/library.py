@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import func, update
 
+from .. import events
 from ..extensions import db
 from ..models import File, utcnow
 from .errors import NotFound, ValidationError
@@ -101,6 +102,8 @@ def add_file(owner_id: int, name: str, incoming: IncomingFile, storage: LocalSto
     )
     db.session.add(f)
     try:
+        db.session.flush()
+        events.file_uploaded.send(None, user_id=owner_id, file_id=f.id, size=f.size)
         db.session.commit()
     except BaseException:
         db.session.rollback()
@@ -166,6 +169,7 @@ def replace_file(
     db.session.execute(
         update(File).where(File.id == f.id, File.owner_id == owner_id).values(**values)
     )
+    events.file_replaced.send(None, user_id=owner_id, file_id=f.id, size=incoming.size)
     if changed:
         # synced -> not_synced, error -> not_synced; a file mid-upload keeps "syncing" and the
         # engine, seeing the version move, leaves it not_synced when it finishes.

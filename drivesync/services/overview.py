@@ -29,6 +29,9 @@ _LIST_COLUMNS = (
     File.onedrive_error,
     File.onedrive_note,
     File.bytes_sent,
+    File.failure_kind,  # the next-try line of a failed file (services/failures.py)
+    File.next_attempt_at,
+    File.sync_attempts,
 )
 _ORDER = case({s: i for i, s in enumerate(LISTED)}, value=File.onedrive_sync_status)
 

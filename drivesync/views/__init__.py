@@ -7,8 +7,10 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Register every blueprint on ``app``."""
-    from . import accounts, library, onedrive
+    from . import accounts, automation, library, onedrive
 
     app.register_blueprint(accounts.bp)
     app.register_blueprint(library.bp)
     app.register_blueprint(onedrive.bp)
+    app.register_blueprint(automation.bp)
+    automation.init_app(app)

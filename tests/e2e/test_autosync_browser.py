@@ -1,0 +1,50 @@
+"""In Chromium: upload a file and watch it reach OneDrive without pressing anything."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from drivesync.services import scheduler
+
+from .conftest import ALEX, LiveServer
+from .test_browser import T, badge, consent_as_alex, open_settings, sign_up, upload
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_an_upload_becomes_synced_by_itself(
+    page: Page, live_server: LiveServer, tmp_path: Path
+) -> None:
+    """Connect, upload one file, then only watch: its badge turns to synced, nothing pressed."""
+    live = live_server
+    live.app.config["AUTOSYNC_DEBOUNCE_SECONDS"] = 1
+    scheduler.start_in_process(live.app, interval=2)  # what app.py starts
+    try:
+        sign_up(page, live, "auto@example.com")
+        open_settings(page)
+        page.get_by_role("button", name="Connect OneDrive").click()
+        consent_as_alex(page, live)
+        expect(badge(page)).to_have_text("Connected", timeout=T)
+        expect(page.locator("#automation-state")).to_contain_text("On: new and changed files")
+
+        photo = tmp_path / "scan-of-a-letter.pdf"
+        photo.write_bytes(b"%PDF-1.4\n% a letter from the doctor\n%%EOF\n")
+        upload(page, [photo])
+        row = page.locator("#library tr", has_text=photo.name)
+        deadline = time.monotonic() + 30
+        while (row.locator(".badge").text_content() or "").strip() != "synced":
+            assert time.monotonic() < deadline, "the upload never became synced by itself"
+            time.sleep(0.5)
+            page.reload()
+        expect(row.locator(".badge")).to_have_text(re.compile(r"^\s*synced\s*$"))
+        names = [i["name"] for i in live.emu.list_items(ALEX) if not i["folder"]]
+        assert photo.name in names
+        open_settings(page)
+        expect(page.locator("#sync-all")).to_be_disabled(timeout=T)  # nothing left to sync
+    finally:
+        scheduler.stop_in_process()
