@@ -128,7 +128,10 @@ def _require(user_id: int) -> Integration:
 def set_enabled(user_id: int, enabled: bool) -> Integration:
     """Switch "Sync new and changed files automatically" on or off for the user."""
     _require(user_id)
-    db.session.execute(_integration_update(user_id).values(autosync=enabled))
+    values: dict[str, Any] = {"autosync": enabled}
+    if not enabled:
+        values["autosync_due_at"] = None
+    db.session.execute(_integration_update(user_id).values(**values))
     if enabled:
         _due_if_pending(user_id)
     db.session.commit()
@@ -137,12 +140,15 @@ def set_enabled(user_id: int, enabled: bool) -> Integration:
 
 
 def pause(user_id: int) -> Integration:
-    """Pause automatic syncing and retries for the user (Sync All still works)."""
+    """Pause automatic syncing and retries for the user (Sync All still works).
+
+    A pending due time is dropped; :func:`resume` sets a new one if files are waiting.
+    """
     _require(user_id)
     db.session.execute(
         _integration_update(user_id)
         .where(Integration.paused_at.is_(None))
-        .values(paused_at=utcnow())
+        .values(paused_at=utcnow(), autosync_due_at=None)
     )
     db.session.commit()
     logger.info("user %s paused automatic sync", user_id)

@@ -80,6 +80,12 @@ class Overview:
         return min(100, self.run_bytes_done * 100 // self.run.bytes_total)
 
     @property
+    def autosync_soon(self) -> bool:
+        """Return whether an automatic sync is about to start (the page then keeps polling)."""
+        i = self.integration
+        return bool(i and i.autosync_due_at and i.active and i.autosync and i.paused_at is None)
+
+    @property
     def waiting(self) -> int:
         """Return the files waiting for or in an upload (what the dashboard calls pending)."""
         return self.counts.get("not_synced", 0) - self.skipped + self.counts.get("syncing", 0)
