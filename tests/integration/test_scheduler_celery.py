@@ -337,3 +337,21 @@ def test_warm_shutdown_finishes_uploads_and_puts_the_run_back(
     assert_on_onedrive(emu, wait_synced(app, user, processes))
     run = wait_run_finished(app, user, run_id, processes)
     assert (run.status, run.succeeded) == ("done", 8)
+
+
+def test_a_second_beat_in_the_same_interval_does_nothing(
+    app: Flask, broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ticks within one interval (two beats by mistake): the Redis lock lets one through."""
+    from drivesync.services import scheduler
+
+    ticks: list[int] = []
+    monkeypatch.setattr(scheduler, "tick", lambda: ticks.append(1) or [])
+    app.config["CELERY_BROKER_URL"] = broker
+    with app.app_context():
+        tasks.run_tick()
+        tasks.run_tick()
+        assert ticks == [1]
+        time.sleep(1.0)  # SCHEDULER_INTERVAL_SECONDS is 1 here: the next interval's tick runs
+        tasks.run_tick()
+    assert ticks == [1, 1]
