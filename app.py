@@ -1,8 +1,9 @@
 """The embedded default: ``python app.py`` (or ``./bin/run``).
 
-Starts the local OneDrive emulator, then the app on SQLite with local storage and the
-in-process sync worker, upgrades the database, creates a demo account on first run and prints
-the URL and the demo credentials. Nothing here is for production: use ``wsgi.py``.
+Starts the local OneDrive emulator, then the app on SQLite with local storage, the
+in-process sync worker and the in-process scheduler, upgrades the database, creates a demo
+account on first run and prints the URL and the demo credentials. Nothing here is for
+production: use ``wsgi.py``.
 
 Set ``DRIVESYNC_MS_CLIENT_ID`` (and the secret) to talk to the real Microsoft identity
 platform instead of the emulator.
@@ -55,7 +56,7 @@ def main() -> int:
     from drivesync import create_app
     from drivesync.extensions import db
     from drivesync.models import User
-    from drivesync.services import accounts
+    from drivesync.services import accounts, scheduler
 
     app = create_app()
     with app.app_context():
@@ -65,6 +66,8 @@ def main() -> int:
         ).scalar_one_or_none()
         if demo is None:
             accounts.create_user(DEMO_EMAIL, DEMO_PASSWORD)
+    # The embedded scheduler: retries, debounced automatic syncs, recovery (every 30 s).
+    scheduler.start_in_process(app)
     url = f"http://{host}:{port}/"
     print("\n  drivesync is running (development; in-process sync worker, SQLite)")
     print(f"  open      {url}")

@@ -45,6 +45,10 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
 
     tasks.init_app(app)
 
+    from .services import autosync
+
+    autosync.install(db.session)  # uploads mark automatic syncs due
+
     from .views import register_blueprints
 
     register_blueprints(app)

@@ -96,14 +96,23 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "PENDING_LIST_LIMIT": _env_int(env, "DRIVESYNC_PENDING_LIST_LIMIT", 50),
         "SYNC_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_CONCURRENCY", 4),
         "SYNC_GLOBAL_CONCURRENCY": _env_int(env, "DRIVESYNC_SYNC_GLOBAL_CONCURRENCY", 16),
+        # A claim or run whose heartbeat (services/liveness.py, every third of this) stopped
+        # for this long belongs to a dead worker: the scheduler recovers it.
         "SYNC_STALE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_STALE_SECONDS", 90),
         "TASK_BACKEND": env.get("DRIVESYNC_TASK_BACKEND", "celery" if production else "thread"),
         "CELERY_BROKER_URL": env.get("DRIVESYNC_CELERY_BROKER_URL", "redis://127.0.0.1:6379/0"),
         "CELERY_QUEUE": env.get("DRIVESYNC_CELERY_QUEUE", "drivesync"),
-        # Runs longer than Redis's visibility timeout would be redelivered (harmlessly, since
-        # runs are idempotent, but wastefully): allow a long run.
-        "CELERY": {"broker_transport_options": {"visibility_timeout": 6 * 3600}},
+        # Extra Celery settings (tasks.py sets the visibility timeout and explains it).
+        "CELERY": {},
         "TASK_THREADS": _env_int(env, "DRIVESYNC_TASK_THREADS", 2),
+        # Automatic sync and the scheduler (services/autosync.py, services/scheduler.py).
+        "AUTOSYNC_DEBOUNCE_SECONDS": _env_int(env, "DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS", 5),
+        "SCHEDULER_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_SCHEDULER_INTERVAL_SECONDS", 30),
+        "RUN_REQUEUE_SECONDS": _env_int(env, "DRIVESYNC_RUN_REQUEUE_SECONDS", 120),
+        "TOKEN_KEEPALIVE_DAYS": _env_int(env, "DRIVESYNC_TOKEN_KEEPALIVE_DAYS", 30),
+        "FAILURE_NOTICE_HOURS": _env_int(env, "DRIVESYNC_FAILURE_NOTICE_HOURS", 24),
+        # The first wait before a failed file is tried again (doubling up to six hours).
+        "SYNC_RETRY_BASE_SECONDS": _env_int(env, "DRIVESYNC_SYNC_RETRY_BASE_SECONDS", 60),
         # "module:attr" of a callable user_id -> Drive; empty = Microsoft Graph (tests swap it).
         "SYNC_DRIVE_FACTORY": env.get("DRIVESYNC_SYNC_DRIVE_FACTORY", ""),
         # Sign-in rate limiting (flask-limiter storage URI).
@@ -189,6 +198,20 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "DRIVESYNC_AUDIT_RETENTION_DAYS and DRIVESYNC_EXPORT_LINK_MINUTES must be at least 1"
         )
+    if cfg["AUTOSYNC_DEBOUNCE_SECONDS"] < 0:
+        raise ConfigError("DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS must be 0 or more")
+    if cfg["RUN_REQUEUE_SECONDS"] < 1:
+        raise ConfigError("DRIVESYNC_RUN_REQUEUE_SECONDS must be at least 1")
+    if cfg["SCHEDULER_INTERVAL_SECONDS"] < 1:
+        raise ConfigError("DRIVESYNC_SCHEDULER_INTERVAL_SECONDS must be at least 1")
+    if cfg["TOKEN_KEEPALIVE_DAYS"] < 1 or cfg["TOKEN_KEEPALIVE_DAYS"] > 80:
+        raise ConfigError(
+            "DRIVESYNC_TOKEN_KEEPALIVE_DAYS must be between 1 and 80 (tokens die at 90)"
+        )
+    if cfg["SYNC_RETRY_BASE_SECONDS"] < 1:
+        raise ConfigError("DRIVESYNC_SYNC_RETRY_BASE_SECONDS must be at least 1")
+    if cfg["FAILURE_NOTICE_HOURS"] < 1:
+        raise ConfigError("DRIVESYNC_FAILURE_NOTICE_HOURS must be at least 1")
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
         raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
     if cfg["SIGNUP"] not in {"open", "closed"}:

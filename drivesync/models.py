@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from flask_login import UserMixin
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
@@ -18,6 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import true
 from sqlalchemy.types import TypeDecorator
 
 from .extensions import Model
@@ -25,6 +27,8 @@ from .extensions import Model
 SYNC_STATUSES = ("not_synced", "syncing", "synced", "error", "conflict")
 INTEGRATION_STATUSES = ("active", "needs_reauth")
 RUN_STATUSES = ("queued", "running", "done", "failed", "stopped")
+# Why a file failed (services/failures.py): retried on a schedule, never, or when the user acts.
+FAILURE_KINDS = ("transient", "permanent", "user")
 
 
 def utcnow() -> datetime:
@@ -75,6 +79,7 @@ class Integration(Model):
         UniqueConstraint("user_id", "provider", name="uq_integrations_user_provider"),
         CheckConstraint(_in("status", INTEGRATION_STATUSES), name="status"),
         CheckConstraint("provider IN ('onedrive')", name="provider"),
+        Index("idx_integrations_autosync_due", "autosync_due_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -94,6 +99,15 @@ class Integration(Model):
     status_reason: Mapped[str | None] = mapped_column(String(500))
     connected_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_sync_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Automatic sync (services/autosync.py): the user's setting, Pause, the debounced due time.
+    autosync: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    autosync_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The scheduler's last keep-alive refresh attempt (services/scheduler.py).
+    keepalive_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The current failure episode (services/notices.py): when it began, when it was notified.
+    notice_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    notice_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     token: Mapped[OAuthToken | None] = relationship(
         back_populates="integration", cascade="all, delete-orphan", uselist=False, lazy="select"
@@ -128,6 +142,9 @@ class OAuthToken(Model):
 
     integration: Mapped[Integration] = relationship(back_populates="token")
 
+    # The scheduler's keep-alive looks for tokens not refreshed for weeks.
+    __table_args__ = (Index("idx_oauth_tokens_updated_at", "updated_at"),)
+
     def __repr__(self) -> str:
         # Never include the token columns, not even encrypted.
         return f"<OAuthToken integration={self.integration_id} key={self.key_id}>"
@@ -140,6 +157,11 @@ class File(Model):
     __table_args__ = (
         CheckConstraint(_in("onedrive_sync_status", SYNC_STATUSES), name="sync_status"),
         CheckConstraint("size >= 0", name="size"),
+        CheckConstraint(
+            f"failure_kind IS NULL OR {_in('failure_kind', FAILURE_KINDS)}", name="failure_kind"
+        ),
+        Index("idx_files_next_attempt", "next_attempt_at"),
+        Index("idx_files_failing_since", "failing_since"),
         Index("idx_files_onedrive_id", "onedrive_id"),
         Index("idx_files_onedrive_sync_status", "onedrive_sync_status"),
         Index("idx_files_owner_onedrive_status", "owner_id", "onedrive_sync_status"),
@@ -178,6 +200,12 @@ class File(Model):
     bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     upload_url: Mapped[str | None] = mapped_column(Text, deferred=True)
     upload_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Failures and retries (services/failures.py); onedrive_error holds the reason shown.
+    sync_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    failure_kind: Mapped[str | None] = mapped_column(String(16))
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     @property
     def pending(self) -> bool:
@@ -192,7 +220,10 @@ class SyncRun(Model):
     """One "Sync All": which files it took, and how far it got."""
 
     __tablename__ = "sync_runs"
-    __table_args__ = (CheckConstraint(_in("status", RUN_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        Index("idx_sync_runs_status", "status"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -206,6 +237,11 @@ class SyncRun(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Stamped by the run's heartbeat thread (services/liveness.py) while a worker is on it.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the scheduler last sent this run to the queue, and how often it had to.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     @property
     def finished(self) -> bool:

@@ -13,6 +13,23 @@
 Jobs receive ids only; ``services/runs.py`` is safe to run twice, which ``acks_late`` relies on.
 Callers enqueue from the top (``services/sync.py`` calls ``enqueue_run``); this module imports
 downwards only, so the import graph reads ``sync → tasks → runs → transfer → graph``.
+
+Scheduling (services/scheduler.py): ``drivesync.tick`` runs one reconcile; Celery beat sends it
+every ``SCHEDULER_INTERVAL_SECONDS`` (``celery -A wsgi.celery_app beat``, one process), and a
+Redis lock per tick makes a second beat harmless. ``wake_user`` is the debounced wake-up of an
+automatic sync: a Celery message with a countdown, or a nudge to the embedded scheduler thread.
+
+Delivery guarantees on Redis (https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html):
+``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged when its job
+ends, so a worker that dies mid-run leaves it unacknowledged. Redis hands an unacknowledged
+message to another worker only after the *visibility timeout*; it must exceed the longest run
+and the longest countdown, or a live run would be delivered twice (harmless, since runs are
+idempotent, but wasteful). We keep it at 6 hours and do not rely on it for recovery: the
+scheduler re-queues a run whose heartbeat stopped within ``SYNC_STALE_SECONDS``. Without Redis
+persistence a restart loses queued messages; the scheduler re-queues those runs too.
+``worker_prefetch_multiplier=1``: a worker reserves one message per slot, so a message is never
+parked behind a long run on a busy worker. A warm shutdown (SIGTERM) stops runs taking new files;
+the uploads under way finish, and the run goes back to the queue for the next worker.
 """
 
 from __future__ import annotations
@@ -26,20 +43,30 @@ from contextvars import ContextVar
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_shutting_down
 from flask import Flask, current_app
 
-from .services import runs
+from .services import liveness, runs
 
 logger = logging.getLogger(__name__)
 
 EXECUTE_RUN = "drivesync.execute_run"
 BUILD_EXPORT = "drivesync.build_export"
+TICK = "drivesync.tick"
+WAKE_USER = "drivesync.wake_user"
+TICK_LOCK = "drivesync:scheduler-tick"
+VISIBILITY_TIMEOUT = 6 * 3600  # seconds; see the module docstring
 BACKENDS = ("thread", "celery", "eager")
 _EXTENSION = "drivesync.tasks"
 
 _inline: ContextVar[bool] = ContextVar("drivesync_tasks_inline", default=False)
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
+
+
+def _on_worker_shutting_down(**_: Any) -> None:
+    logger.info("warm shutdown: sync runs finish their current uploads and go back to the queue")
+    liveness.begin_shutdown()
 
 
 def init_app(app: Flask) -> None:
@@ -63,6 +90,7 @@ def celery_init_app(app: Flask) -> Celery:
                 return self.run(*args, **kwargs)
 
     celery_app = Celery(app.import_name, task_cls=FlaskTask)
+    interval = float(app.config["SCHEDULER_INTERVAL_SECONDS"])
     celery_app.conf.update(
         broker_url=app.config["CELERY_BROKER_URL"],
         task_ignore_result=True,  # progress lives in sync_runs, not in a result backend
@@ -76,11 +104,25 @@ def celery_init_app(app: Flask) -> Celery:
         task_default_queue=app.config["CELERY_QUEUE"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        beat_schedule={
+            "drivesync-tick": {
+                "task": TICK,
+                "schedule": interval,
+                # A tick that waited longer than one interval is superseded by the next one.
+                "options": {"expires": interval},
+            }
+        },
     )
     celery_app.conf.update(app.config.get("CELERY", {}))
     # shared=False: a shared task would be attached to every Celery app created later too.
     celery_app.task(name=EXECUTE_RUN, ignore_result=True, shared=False)(run_job)
     celery_app.task(name=BUILD_EXPORT, ignore_result=True, shared=False)(export_job)
+    celery_app.task(name=TICK, ignore_result=True, shared=False)(run_tick)
+    celery_app.task(name=WAKE_USER, ignore_result=True, shared=False)(wake_job)
+    worker_shutting_down.connect(
+        _on_worker_shutting_down, weak=False, dispatch_uid="drivesync-warm-shutdown"
+    )
     app.extensions["celery"] = celery_app
     return celery_app
 
@@ -88,6 +130,56 @@ def celery_init_app(app: Flask) -> Celery:
 def run_job(run_id: int, user_id: int, resolve: str | None = None) -> None:
     """Execute one sync run (inside an app context)."""
     runs.execute_run(run_id, user_id, resolve=resolve)
+
+
+def run_tick() -> None:
+    """Run one scheduler tick, unless another beat's tick holds this interval's lock."""
+    from .services import scheduler
+
+    if not _tick_lock():
+        logger.info("scheduler tick skipped: another one ran in this interval")
+        return
+    scheduler.tick()
+
+
+def _tick_lock() -> bool:
+    """Take the per-interval tick lock in Redis (SET NX PX); True when there is no Redis lock."""
+    import redis
+
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    ttl = int(float(app.config["SCHEDULER_INTERVAL_SECONDS"]) * 900)  # 0.9 interval, ms
+    client = redis.Redis.from_url(app.config["CELERY_BROKER_URL"], socket_timeout=5)
+    try:
+        key = f"{TICK_LOCK}:{app.config['CELERY_QUEUE']}"
+        return bool(client.set(key, "1", nx=True, px=max(ttl, 1)))
+    except redis.RedisError:
+        return True  # ticks are idempotent: better twice than never
+    finally:
+        client.close()
+
+
+def wake_job(user_id: int) -> None:
+    """Handle a debounced wake-up: reconcile one user (inside an app context)."""
+    from .services import scheduler
+
+    scheduler.wake_user(user_id)
+
+
+def wake_user(user_id: int, delay: float) -> None:
+    """Wake the scheduler for ``user_id`` in ``delay`` seconds (after an upload's debounce).
+
+    Only a wake-up: the due time is already in the database, and the next tick finds it if
+    this is lost. The eager backend sends nothing (tests tick by hand).
+    """
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    kind = backend(app)
+    if kind == "celery":
+        celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
+        celery_app.send_task(WAKE_USER, args=[user_id], countdown=max(0.0, delay))
+    elif kind == "thread":
+        from .services import scheduler
+
+        scheduler.notify(delay)
 
 
 def _thread_job(app: Flask, run_id: int, user_id: int, resolve: str | None) -> None:

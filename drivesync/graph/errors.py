@@ -171,10 +171,7 @@ class IntegrityError(GraphError):
 
     def human_message(self) -> str:
         """Return the mismatch sentence."""
-        return (
-            "The copy on OneDrive does not match this file (checksum mismatch); "
-            "it will be uploaded again."
-        )
+        return "The copy on OneDrive does not match this file (checksum mismatch)."
 
 
 # No sentence promises a retry nobody schedules: until automatic retries exist (issue 10), a
@@ -191,17 +188,18 @@ _HUMAN_BY_CODE: dict[str, str] = {
     "malwareDetected": "OneDrive reported that this file contains malware.",
     "pathIsTooLong": "The OneDrive path is too long (400 characters at most).",
     "maxFileSizeExceeded": "This file is larger than OneDrive accepts.",
-    "invalidRange": "The upload was interrupted. Retry to send it again.",
-    "networkError": "Could not reach OneDrive (network problem). Retry in a few minutes.",
-    "uploadSessionFailed": "The upload to OneDrive kept failing. Retry in a few minutes.",
+    "invalidRange": "The upload was interrupted.",
+    "networkError": "Could not reach OneDrive (network problem).",
+    "uploadSessionFailed": "The upload to OneDrive kept failing.",
 }
 
 
 def _human_by_status(status: int | None) -> str | None:
+    # No promise about what happens next: the settings page shows the file's next try.
     if status in (429, 503, 509):
-        return "OneDrive is busy right now. Retry in a few minutes."
+        return "OneDrive is busy right now."
     if status is not None and status >= 500:
-        return "OneDrive had a temporary problem. Retry in a few minutes."
+        return "OneDrive had a temporary problem."
     if status == 401:
         return "OneDrive did not accept the sign-in; reconnect OneDrive if this persists."
     if status == 403:

@@ -29,6 +29,9 @@ _LIST_COLUMNS = (
     File.onedrive_error,
     File.onedrive_note,
     File.bytes_sent,
+    File.failure_kind,  # the next-try line of a failed file (services/failures.py)
+    File.next_attempt_at,
+    File.sync_attempts,
 )
 _ORDER = case({s: i for i, s in enumerate(LISTED)}, value=File.onedrive_sync_status)
 
@@ -75,6 +78,12 @@ class Overview:
         if self.run is None or self.run.finished or not self.run.bytes_total:
             return self.run.percent if self.run else 0
         return min(100, self.run_bytes_done * 100 // self.run.bytes_total)
+
+    @property
+    def autosync_soon(self) -> bool:
+        """Return whether an automatic sync is about to start (the page then keeps polling)."""
+        i = self.integration
+        return bool(i and i.autosync_due_at and i.active and i.autosync and i.paused_at is None)
 
     @property
     def waiting(self) -> int:

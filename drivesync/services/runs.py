@@ -27,8 +27,10 @@ from ..graph.drive import Drive, DriveFactory, GraphDrive
 from ..graph.errors import AuthError, GraphError
 from ..models import File, Integration, SyncRun, utcnow
 from ..scope import user_scope
+from . import liveness
 from .errors import ServiceError
 from .integrations import NotConnected, ReauthRequired, graph_client_for, mark_needs_reauth
+from .liveness import RunHeartbeat, requeue_run
 from .transfer import (
     Target,
     changed,
@@ -133,7 +135,11 @@ def _execute_run(
     stop = _Stop()
     if ids:
         target = Target.from_config(user_id, folder_id, run_id, resolve)
-        _run_files(current_app._get_current_object(), target, ids, factory, stop)  # type: ignore[attr-defined]  # werkzeug's LocalProxy is untyped
+        app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # werkzeug's LocalProxy is untyped
+        with RunHeartbeat(app, run_id, user_id):
+            _run_files(app, target, ids, factory, stop)
+    if liveness.stopping():  # warm shutdown: the uploads under way ended; the rest waits
+        return requeue_run(run_id, user_id)
     if stop.message:
         return _finish_run(run_id, user_id, "stopped", stop.message)
     _refresh_quota(user_id, factory)
@@ -207,7 +213,7 @@ def _run_files(
         with app.app_context(), user_scope(user_id):
             drive: Drive | None = None
             try:
-                while not stop.event.is_set():
+                while not stop.event.is_set() and not liveness.stopping():
                     try:
                         file_id = queue.get_nowait()
                     except Empty:

@@ -186,6 +186,22 @@ def _enqueue(run: SyncRun, user_id: int, resolve: str | None = None) -> SyncRun:
     return fresh
 
 
+def _serialise_requests(integration_id: int) -> None:
+    """Hold the user's integration row until commit, so two requests never both start a run.
+
+    An UPDATE that changes nothing rather than ``SELECT … FOR UPDATE``: PostgreSQL locks the row
+    either way, and SQLite, which ignores FOR UPDATE, takes its write lock here, so the reads
+    that follow see a run another worker's request has just committed (two debounced wake-ups
+    of one user on a Celery worker with threads).
+    """
+    db.session.execute(
+        update(Integration)
+        .where(Integration.id == integration_id)
+        .values(status=Integration.status)
+        .execution_options(synchronize_session=False)
+    )
+
+
 def request_sync(user_id: int, file_ids: Sequence[int] | None = None) -> SyncRun:
     """Queue a run over the owner's pending files (or ``file_ids``) and return it.
 
@@ -195,10 +211,7 @@ def request_sync(user_id: int, file_ids: Sequence[int] | None = None) -> SyncRun
     """
     integration = load_integration(user_id)
     recover_stale_claims(user_id)  # a dead worker's files are pending again, not "syncing"
-    # Serialise requests of one user on PostgreSQL (SQLite writes are serialised anyway).
-    db.session.execute(
-        db.select(Integration.id).where(Integration.id == integration.id).with_for_update()
-    )
+    _serialise_requests(integration.id)
     active = _active_run(user_id)
     if active is not None and _abandoned(active):
         logger.warning("sync run %s of user %s was abandoned; closing it", active.id, user_id)
@@ -277,10 +290,7 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
         db.session.commit()
         logger.info("user %s skipped the conflict of file %s", user_id, file_id)
         return None
-    load_integration(user_id)
-    db.session.execute(
-        db.select(Integration.id).where(Integration.user_id == user_id).with_for_update()
-    )
+    _serialise_requests(load_integration(user_id).id)
     if _active_run(user_id) is not None:
         raise Conflict("A sync is already running; try again when it has finished.")
     run = _create_run(user_id, [f.id], f.size, statuses=("conflict",))

@@ -28,6 +28,7 @@ from ..graph.names import MAX_FILE_SIZE, validate_name
 from ..graph.types import DriveItem
 from ..graph.upload import ResumeState
 from ..models import File, Integration, SyncRun, utcnow
+from . import failures
 from .errors import ServiceError
 from .heartbeats import beater
 from .integrations import NotConnected, ReauthRequired, require_integration
@@ -107,6 +108,7 @@ class _Claim:
     synced_content_hash: str | None
     upload_url: str | None = field(default=None, repr=False)  # a credential
     upload_expires_at: datetime | None = None
+    sync_attempts: int = 0  # failed tries so far (services/failures.py)
 
 
 # -- shared helpers --------------------------------------------------------------------------------
@@ -249,7 +251,7 @@ def push_file(file_id: int, drive: Drive, target: Target) -> SyncOutcome:
 def _push_claimed(claim: _Claim, drive: Drive, target: Target) -> SyncOutcome:
     """Push the claimed file and record how it ended (the heartbeat runs meanwhile)."""
     file_id, user_id = claim.file_id, claim.user_id
-    kind = "permanent"  # what a failure needs: "transient" (retry later) or "permanent" (the user)
+    kind = "permanent"  # services/failures.py: transient, permanent or user
     try:
         status, values = _push(claim, drive, target)
     except (AuthError, ReauthRequired) as exc:
@@ -259,19 +261,24 @@ def _push_claimed(claim: _Claim, drive: Drive, target: Target) -> SyncOutcome:
         raise ReauthRequired(reauth_message(exc)) from None
     except GraphError as exc:
         db.session.rollback()
-        status, values = "error", {"onedrive_error": short(exc.human_message())}
-        kind = "transient" if exc.retryable else "permanent"
+        status = "error"
+        values = failures.error_columns(exc, claim.sync_attempts, short(exc.human_message()))
+        kind = values["failure_kind"]
         logger.info("file %s of user %s failed: %s", file_id, user_id, exc.code)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         # Only local file errors: requests' exceptions are OSErrors too, but the Graph layer
         # turns every transport failure into a GraphError before it gets here.
         db.session.rollback()
-        status, values = "error", {"onedrive_error": MISSING_MESSAGE}
+        status = "error"
+        values = failures.error_columns(exc, claim.sync_attempts, MISSING_MESSAGE)
+        kind = values["failure_kind"]
         logger.warning("file %s of user %s: cannot read its stored bytes", file_id, user_id)
-    except Exception:
+    except Exception as exc:
         db.session.rollback()
         logger.exception("file %s of user %s: unexpected failure", file_id, user_id)
-        status, values = "error", {"onedrive_error": UNEXPECTED_MESSAGE}
+        status = "error"
+        values = failures.error_columns(exc, claim.sync_attempts, UNEXPECTED_MESSAGE)
+        kind = values["failure_kind"]
     return _finish(claim, status, values, target.run_id, kind)
 
 
@@ -294,6 +301,7 @@ def _claim(f: File, allowed: tuple[str, ...]) -> _Claim | None:
         onedrive_ctag=f.onedrive_ctag,
         synced_content_hash=f.synced_content_hash,
         upload_url=f.upload_url,
+        sync_attempts=f.sync_attempts,
         upload_expires_at=f.upload_expires_at,
     )
     moved = changed(
@@ -382,6 +390,7 @@ def _finish(
     base: dict[str, Any] = {"claimed_at": None, "heartbeat_at": None}
     if status == "synced":
         base |= {"upload_url": None, "upload_expires_at": None, "bytes_sent": claim.size}
+        base |= failures.CLEARED  # the retry schedule and the failure streak end here
     elif status == "error":
         base |= {"upload_url": None, "upload_expires_at": None}
     size = claim.size

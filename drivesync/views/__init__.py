@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import account, accounts, errors, library, onedrive
+from . import account, accounts, automation, errors, library, onedrive
 
 
 def register_blueprints(app: Flask) -> None:
@@ -14,3 +14,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(library.bp)
     app.register_blueprint(onedrive.bp)
     app.register_blueprint(account.bp)
+    app.register_blueprint(automation.bp)
+    automation.init_app(app)

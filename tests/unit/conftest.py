@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -21,9 +22,9 @@ def fake() -> FakeDrive:
 
 @pytest.fixture
 def link_onedrive(app: Flask) -> Callable[..., None]:
-    """Give a user an OneDrive integration (active unless told otherwise)."""
+    """Give a user an OneDrive integration (active unless told otherwise; other columns too)."""
 
-    def _connect(user_id: int, status: str = "active") -> None:
+    def _connect(user_id: int, status: str = "active", **values: Any) -> None:
         with app.app_context(), user_scope(user_id):
             db.session.add(
                 Integration(
@@ -32,6 +33,7 @@ def link_onedrive(app: Flask) -> Callable[..., None]:
                     folder_id=FOLDER_ID,
                     drive_type="personal",
                     account_email="a@example.com",
+                    **values,
                 )
             )
             db.session.commit()
