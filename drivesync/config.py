@@ -97,6 +97,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         # Sign-in rate limiting (flask-limiter storage URI).
         "RATELIMIT_STORAGE_URI": env.get("DRIVESYNC_RATELIMIT_STORAGE_URI", "memory://"),
         "LOGIN_RATE_LIMIT": env.get("DRIVESYNC_LOGIN_RATE_LIMIT", "10 per minute"),
+        # Operations: logs, metrics (see drivesync/observability).
+        "LOG_FORMAT": env.get("DRIVESYNC_LOG_FORMAT") or ("json" if production else "text"),
+        "LOG_LEVEL": (env.get("DRIVESYNC_LOG_LEVEL") or "INFO").upper(),
+        "METRICS_TOKEN": env.get("DRIVESYNC_METRICS_TOKEN", ""),
+        "WORKER_METRICS_ADDR": env.get("DRIVESYNC_WORKER_METRICS_ADDR", ""),
         # Development only: the bundled OneDrive emulator's base URL.
         "EMULATOR_URL": env.get("DRIVESYNC_EMULATOR_URL", ""),
         # Flask / cookies.
@@ -133,6 +138,15 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_SYNC_BATCH_LIMIT must be at least 1")
     if cfg["TASK_BACKEND"] not in {"thread", "celery", "eager"}:
         raise ConfigError("DRIVESYNC_TASK_BACKEND must be thread or celery")
+    if cfg["LOG_FORMAT"] not in {"json", "text"}:
+        raise ConfigError("DRIVESYNC_LOG_FORMAT must be json or text")
+    if cfg["LOG_LEVEL"] not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("DRIVESYNC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    if cfg["METRICS_TOKEN"] and len(cfg["METRICS_TOKEN"]) < 16:
+        raise ConfigError("DRIVESYNC_METRICS_TOKEN must be at least 16 characters")
+    addr = cfg["WORKER_METRICS_ADDR"]
+    if addr and not addr.rpartition(":")[2].isdigit():
+        raise ConfigError("DRIVESYNC_WORKER_METRICS_ADDR must be host:port (e.g. 127.0.0.1:9809)")
     fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024
     if fragment <= 0 or fragment % (320 * 1024) or fragment > 60 * 1024 * 1024:
         raise ConfigError(

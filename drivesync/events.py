@@ -47,3 +47,4 @@ file_failed = _signals.signal("file-failed")  # reason, kind ("transient"|"perma
 file_conflict = _signals.signal("file-conflict")  # reason
 conflict_resolved = _signals.signal("conflict-resolved")  # action
 data_exported = _signals.signal("data-exported")
+token_refreshed = _signals.signal("token-refreshed")  # outcome: "ok"|"rejected"|"error" (ops)

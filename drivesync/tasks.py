@@ -26,6 +26,8 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask, current_app
 
+from .observability.logs import carry
+
 logger = logging.getLogger(__name__)
 
 EXECUTE_RUN = "drivesync.execute_run"
@@ -133,7 +135,8 @@ def enqueue_run(run_id: int, user_id: int, *, resolve: str | None = None) -> Fut
         celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
         celery_app.send_task(EXECUTE_RUN, args=[run_id, user_id, resolve])
         return None
-    return _executor(app).submit(_thread_job, app, run_id, user_id, resolve)
+    # carry(): the job's log records keep the enqueuing request's id (Celery: a message header).
+    return _executor(app).submit(carry(_thread_job), app, run_id, user_id, resolve)
 
 
 def shutdown(wait: bool = True) -> None:

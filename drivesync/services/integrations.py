@@ -18,6 +18,7 @@ from flask import current_app
 from sqlalchemy import update
 from sqlalchemy.orm import undefer
 
+from .. import events
 from ..extensions import db
 from ..graph import oauth
 from ..graph.client import GraphClient
@@ -234,7 +235,12 @@ class TokenProvider:
         try:
             new = self._refresher(oauth_settings(), refresh_token)
         except AuthError as exc:
+            events.token_refreshed.send(None, user_id=self.user_id, outcome="rejected")
             self._reauth(exc.human_message())
+        except Exception:
+            events.token_refreshed.send(None, user_id=self.user_id, outcome="error")
+            raise
+        events.token_refreshed.send(None, user_id=self.user_id, outcome="ok")
         integration = db.session.get(Integration, self.integration_id)
         assert integration is not None  # noqa: S101 - the token row references it
         save_token(integration, new)
