@@ -154,3 +154,39 @@ def _postrun(task_id: str = "", **_: Any) -> None:
             unbind(token)
         except ValueError:  # reset from another context (a different worker thread)
             bind(None)
+
+
+#: Path segments this long are opaque tokens (password-reset and sign-up links): never logged.
+_LONG_SEGMENT = re.compile(r"/[^/]{33,}")
+
+
+class AccessJsonFormatter(JsonFormatter):
+    """gunicorn's access records as JSON, from its atoms: never the query string (OAuth codes
+    and states travel there) and never a long opaque path segment (reset and sign-up tokens)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("rename_fields", {"asctime": "time", "levelname": "level"})
+        super().__init__(["asctime", "levelname", "name", "message"], *args, **kwargs)
+
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        """Add the request's method, path, status, size, duration, address and request id."""
+        super().add_fields(log_data, record, message_dict)
+        atoms: Any = record.args if hasattr(record.args, "__getitem__") else {}
+
+        def atom(key: str) -> Any:
+            try:
+                value = atoms[key]
+            except (KeyError, TypeError, IndexError):
+                return None
+            return None if value in ("-", "") else value
+
+        log_data["message"] = "request"
+        log_data["method"] = atom("m")
+        log_data["path"] = _LONG_SEGMENT.sub("/…", str(atom("U") or ""))
+        log_data["status"] = int(atom("s") or 0)
+        log_data["bytes"] = int(atom("B") or 0)
+        log_data["duration_ms"] = round(int(atom("D") or 0) / 1000, 1)
+        log_data["remote_addr"] = atom("h")
+        log_data["request_id"] = atom("{x-request-id}o")

@@ -142,3 +142,99 @@ def dispose(app: Any) -> None:
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+
+
+METRICS_TOKEN = "scrape-token-0123456789abcdef"
+
+
+class Gunicorn:
+    """gunicorn serving ``wsgi:app`` with the repository's gunicorn.conf.py, as a subprocess."""
+
+    def __init__(self, tmp: Path, *args: str, database_url: str | None = None) -> None:
+        from tests.conftest import migrate_database
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_dir = tmp / "metrics"
+        self.metrics_dir.mkdir(parents=True)
+        if database_url is None:
+            database_url = f"sqlite:///{tmp / 'gunicorn.sqlite3'}"
+            migrate_database(database_url)
+        (tmp / "storage").mkdir(exist_ok=True)
+        self.env = {
+            **os.environ,
+            "HOME": str(tmp),
+            "DRIVESYNC_DATABASE_URL": database_url,
+            "DRIVESYNC_SECRET_KEY": "g" * 40,
+            "DRIVESYNC_STORAGE_DIR": str(tmp / "storage"),
+            "DRIVESYNC_INSTANCE_DIR": str(tmp / "instance"),
+            "DRIVESYNC_TASK_BACKEND": "thread",
+            "DRIVESYNC_LOG_FORMAT": "json",
+            "DRIVESYNC_METRICS_TOKEN": METRICS_TOKEN,
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+        }
+        self.stdout = open(tmp / "gunicorn.out", "w+")  # noqa: SIM115 - closed in stop()
+        self.stderr = open(tmp / "gunicorn.err", "w+")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [str(Path(os.sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+             "--no-control-socket", "--bind", f"127.0.0.1:{self.port}", *args, "wsgi:app"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )  # fmt: skip
+        try:
+            self.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Wait until /healthz answers."""
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.stderr.seek(0)
+                raise RuntimeError(f"gunicorn exited: {self.stderr.read()[-2000:]}")
+            try:
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("gunicorn did not answer")
+
+    def scrape(self) -> str:
+        """Return the /metrics text."""
+        import requests
+
+        r = requests.get(
+            self.url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10
+        )
+        r.raise_for_status()
+        return r.text
+
+    def stop(self) -> None:
+        """Stop gunicorn gracefully (SIGTERM to the master we started)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.stdout.close()
+        self.stderr.close()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Return the value of one sample in a Prometheus text exposition (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return 0.0
