@@ -75,7 +75,11 @@ def reset_schema(owner_url: str, app_url: str) -> None:
     _flask(owner_url, "db-grant", str(make_url(app_url).username))
 
 
-def seed(owner_url: str, users: list[tuple[str, int, int, bool]]) -> dict[str, int]:
+def seed(
+    owner_url: str,
+    users: list[tuple[str, int, int, bool]],
+    password_hash: str = "!bench-no-login",  # noqa: S107 - an unusable hash: no sign-in
+) -> dict[str, int]:
     """COPY users, an integration and runs each, and their files; return {email: user id}.
 
     ``users``: (email, files, files waiting, run in progress). The owner is subject to FORCEd
@@ -93,7 +97,7 @@ def seed(owner_url: str, users: list[tuple[str, int, int, bool]]) -> dict[str, i
                 cur.execute(
                     "INSERT INTO users (email, password_hash, created_at) VALUES (%s, %s, %s) "
                     "RETURNING id",
-                    (email, "!bench-no-login", now),
+                    (email, password_hash, now),
                 )
                 ids[email] = cur.fetchone()[0]
             with cur.copy(
@@ -147,6 +151,19 @@ def seed(owner_url: str, users: list[tuple[str, int, int, bool]]) -> dict[str, i
         conn.execute("VACUUM ANALYZE integrations")
         conn.execute("VACUUM ANALYZE users")
     return ids
+
+
+def reset_seed_users(
+    owner_url: str, app_url: str, users: int, files: int, password: str
+) -> list[str]:
+    """Replace the database with ``users`` users of ``files`` files each (100 waiting, a run in
+    progress), all signing in with ``password``; return their e-mails (bench/load.py)."""
+    from drivesync.services import accounts
+
+    reset_schema(owner_url, app_url)
+    rows = [(f"load{i:03d}@bench.example", files, min(100, files), True) for i in range(users)]
+    seed(owner_url, rows, password_hash=accounts._hasher.hash(password))
+    return [email for email, *_ in rows]
 
 
 class Recorder:

@@ -46,7 +46,12 @@ def _check_database() -> bool:
 def _check_migrations() -> bool:
     from ..web import MIGRATIONS_DIR
 
-    rows = db.session.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if db.engine.dialect.name == "postgresql":
+        # The app role may not read alembic_version (db-grant); migration b3c1f0a9e2d4 lends it.
+        query = text("SELECT * FROM drivesync_schema_version()")
+    else:
+        query = text("SELECT version_num FROM alembic_version")
+    rows = db.session.execute(query).scalars().all()
     return frozenset(rows) == _migration_heads(str(MIGRATIONS_DIR))
 
 

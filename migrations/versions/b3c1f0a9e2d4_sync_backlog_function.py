@@ -1,4 +1,5 @@
-"""sync backlog counts for the metrics, across users under row-level security (PostgreSQL only)
+"""sync backlog counts and the schema version for operations, under row-level security
+(PostgreSQL only)
 
 The metrics gauges need two numbers over every user: sync runs queued or running, and files
 waiting to sync. The app role sees one user's rows at a time (RLS), so this revision adds
@@ -6,6 +7,10 @@ waiting to sync. The app role sees one user's rows at a time (RLS), so this revi
 nothing else. It adds no policy and lifts none: it walks the users, scoping itself to each in
 turn exactly as the app does (``set_config('app.user_id', …, true)``), counts on the
 ``(owner, status)`` indexes, and restores the caller's scope before it returns.
+
+``/readyz`` checks that migrations are at head, but the app role may not read
+``alembic_version`` (``db-grant`` revokes it): ``drivesync_schema_version()`` returns the
+version rows, read-only, and nothing else.
 
 Revision ID: b3c1f0a9e2d4
 Revises: 7f6ce0df694d
@@ -58,7 +63,18 @@ def upgrade():
     )
 
 
+    op.execute(
+        """
+        CREATE FUNCTION drivesync_schema_version() RETURNS SETOF text
+        LANGUAGE sql STABLE SECURITY DEFINER
+        SET search_path = public, pg_temp
+        AS $$ SELECT version_num::text FROM alembic_version $$
+        """
+    )
+
+
 def downgrade():
     if not _postgresql():
         return
+    op.execute('DROP FUNCTION IF EXISTS drivesync_schema_version()')
     op.execute('DROP FUNCTION IF EXISTS drivesync_sync_backlog()')

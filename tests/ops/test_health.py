@@ -15,10 +15,14 @@ from tests.ops.conftest import dispose, free_port
 
 
 @pytest.fixture
-def migrated_app(tmp_path: Path) -> Any:
-    """An app on a SQLite file upgraded by ``flask db upgrade`` (migrations at head)."""
-    url = f"sqlite:///{tmp_path / 'ready.sqlite3'}"
-    migrate_database(url)
+def migrated_app(tmp_path: Path, request: pytest.FixtureRequest) -> Any:
+    """An app on a database upgraded by ``flask db upgrade`` (migrations at head): a SQLite
+    file, or PostgreSQL as the app role when configured."""
+    if PG_OWNER_URL:
+        url = request.getfixturevalue("database_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'ready.sqlite3'}"
+        migrate_database(url)
     app = create_app(app_config(tmp_path, url))
     Path(app.config["STORAGE_DIR"]).mkdir(parents=True, exist_ok=True)
     yield app
