@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -79,6 +80,23 @@ def start_gunicorn(app_url: str, tmp: Path, workers: int) -> tuple[subprocess.Po
     raise SystemExit("gunicorn did not become ready; see " + str(tmp / "gunicorn.log"))
 
 
+_CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def sign_in(url: str, emails: list[str]) -> list[str]:
+    """Sign each user in through the form, one after another; return their Cookie headers."""
+    cookies = []
+    for email in emails:
+        with requests.Session() as s:
+            token = _CSRF.search(s.get(url + "/login", timeout=30).text).group(1)
+            r = s.post(url + "/login", data={"csrf_token": token, "email": email,
+                       "password": PASSWORD}, allow_redirects=False, timeout=30)  # fmt: skip
+            if r.status_code not in (302, 303):
+                raise SystemExit(f"sign-in of {email} failed: {r.status_code}")
+            cookies.append("; ".join(f"{k}={v}" for k, v in s.cookies.items()))
+    return cookies
+
+
 def main() -> int:
     """Seed, start gunicorn, run locust, print the table; exit 1 if a target is missed."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,6 +106,9 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=30)
+    ap.add_argument("--wait", type=float, default=0.0,
+                    help="seconds each user waits between requests (0: back to back; 1: htmx's "
+                    "polling pace, for latency at a realistic load)")  # fmt: skip
     args = ap.parse_args()
     if not args.owner_url or not args.app_url:
         ap.error("--owner-url and --app-url (or DRIVESYNC_TEST_POSTGRES_*) are required")
@@ -96,7 +117,9 @@ def main() -> int:
     emails = reset_seed_users(args.owner_url, args.app_url, args.users, args.files, PASSWORD)
     server, url = start_gunicorn(args.app_url, tmp, args.workers)
     try:
-        env = {**os.environ, "BENCH_EMAILS": ",".join(emails), "BENCH_PASSWORD": PASSWORD}
+        print("signing the users in …", flush=True)
+        env = {**os.environ, "BENCH_COOKIES": "\n".join(sign_in(url, emails)),
+               "BENCH_WAIT": str(args.wait)}  # fmt: skip
         total = 2 * args.users
         subprocess.run(
             [str(Path(sys.executable).parent / "locust"), "-f", str(ROOT / "bench/locustfile.py"),
@@ -123,10 +146,6 @@ def main() -> int:
         if p95 >= 100:
             print(f"  FAIL: {name}: p95 {p95:.0f} ms (target < 100 ms)")
             failed = True
-    setup_errors = int(stats.get("sign-in (setup)", {}).get("Failure Count", 0))
-    if setup_errors:
-        print(f"  FAIL: {setup_errors} sign-in errors")
-        failed = True
     pages = float(stats["settings page"]["Requests/s"]) + float(
         stats["progress partial"]["Requests/s"]
     )
@@ -134,10 +153,13 @@ def main() -> int:
     ratio = pages / static if static else 0.0
     print(f"\npages (settings + partial) {pages:.1f} req/s, static {static:.1f} req/s: "
           f"ratio {ratio:.2f} (target >= 0.5)")  # fmt: skip
-    if ratio < 0.5:
+    if args.wait:
+        print("  (with --wait the users pace themselves: the ratio reflects the task mix only)")
+    elif ratio < 0.5:
         print("  FAIL: the pages' throughput is under half the static file's")
         failed = True
-    print(f"({args.users} + {args.users} users, {args.workers} workers, {args.seconds} s; "
+    print(f"({args.users} + {args.users} users, wait {args.wait} s, {args.workers} workers, "
+          f"{args.seconds} s, load average {os.getloadavg()[0]:.1f}; "
           f"logs in {tmp})")  # fmt: skip
     print("targets: ratio >= 0.5, p95 < 100 ms, no errors —", "missed" if failed else "met")
     return 1 if failed else 0
