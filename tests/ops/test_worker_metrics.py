@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +15,15 @@ from flask import Flask
 from drivesync.observability import logs
 from drivesync.scope import user_scope
 from drivesync.services import sync
-from onedrive_emulator.server import EmulatorServer
 from tests.integration.test_sync_celery import (  # noqa: F401 - fixtures
     BROKER,
     QUEUE,
-    ROOT,
     celery_app,
     redis_required,
     token,
     user,
     wait_for_run,
+    worker,
 )
 from tests.ops.conftest import free_port, sample, wait_for_port
 
@@ -40,58 +37,32 @@ def app_overrides() -> dict[str, Any]:
 
 
 @pytest.fixture
-def metrics_worker(
-    app: Flask,
-    emulator: EmulatorServer,
-    token: str,  # noqa: F811
-    tmp_path: Path,
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """A Celery worker logging JSON and serving /metrics on a free port; stopped by PID."""
+def metrics_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    """Have the next worker log JSON and serve /metrics on a free port (its env is ours)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "DRIVESYNC_DATABASE_URL": app.config["SQLALCHEMY_DATABASE_URI"],
-        "DRIVESYNC_STORAGE_DIR": app.config["STORAGE_DIR"],
-        "DRIVESYNC_INSTANCE_DIR": str(tmp_path / "worker-instance"),
-        "DRIVESYNC_CELERY_BROKER_URL": BROKER,
-        "DRIVESYNC_TEST_EMULATOR_URL": emulator.url,
-        "DRIVESYNC_TEST_EMULATOR_TOKEN": token,
-        "DRIVESYNC_TEST_CELERY_QUEUE": QUEUE,
-        "DRIVESYNC_LOG_FORMAT": "json",
-        "DRIVESYNC_WORKER_METRICS_ADDR": f"127.0.0.1:{port}",
-    }
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "tests.celery_worker_app:celery_app", "worker",
-         "--pool=threads", "--concurrency=2", "--without-gossip", "--without-mingle",
-         "--without-heartbeat", "-Q", QUEUE, "--loglevel=INFO"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        wait_for_port(port, timeout=60)
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    monkeypatch.setenv("DRIVESYNC_LOG_FORMAT", "json")
+    monkeypatch.setenv("DRIVESYNC_WORKER_METRICS_ADDR", f"127.0.0.1:{port}")
+    return port
+
+
+@pytest.fixture
+def metrics_worker(metrics_port: int, worker: subprocess.Popen[bytes]) -> int:  # noqa: F811
+    """The Celery worker of the sync tests, started with ``metrics_port``; return the port."""
+    wait_for_port(metrics_port, timeout=60)
+    return metrics_port
 
 
 def test_worker_serves_metrics_and_logs_the_request_id(
     app: Flask,
     celery_app: Any,  # noqa: F811
-    metrics_worker: tuple[subprocess.Popen[bytes], int],
+    metrics_worker: int,
     user: int,  # noqa: F811
     make_file: Callable[..., int],
     tmp_path: Path,
 ) -> None:
     """A run enqueued under a request id is logged by the worker with that id, and the worker's
     own /metrics count the Graph calls it made."""
-    _, port = metrics_worker
+    port = metrics_worker
     make_file(user, "a.txt", b"hello")
     with app.app_context(), user_scope(user), logs.bound("rid-from-the-web"):
         run_id = sync.request_sync(user).id
