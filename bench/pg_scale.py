@@ -3,11 +3,12 @@
 
 Phase 1: one user ("small": 10 files waiting, a run in progress) alone in the database, 10 file
 rows in all. Phase 2: ``COPY`` adds 999 more users with 999,990 files between them (1,000,000
-rows; one of them, "large", has a run in progress and 100 files waiting). The same pages are
-measured for the same small user in both phases, through the app (test client, app role, RLS),
-and printed with their SQL statement counts, median times and ``EXPLAIN (ANALYZE, BUFFERS)``
-plans. Targets: the same statement count; a time ratio (1M / 10) under 1.3x; the pending query
-under 5 ms. Exits 1 when a target is missed.
+rows; one of them, "large", has a run in progress and 100 files waiting). Phase 3 deletes them
+again and measures the 10-row case once more (A B A, against load drifting on a shared
+machine). The same pages are measured for the same small user in every phase, through the app
+(test client, app role, RLS), and printed with their SQL statement counts, median times and
+``EXPLAIN (ANALYZE, BUFFERS)`` plans. Targets: the same statement count; a time ratio (1M / 10)
+under 1.3x; the pending query under 5 ms. Exits 1 when a target is missed.
 
 The database is REPLACED (schema dropped, migrated, granted): point it at a scratch database.
 
@@ -239,6 +240,7 @@ def run_phase(app, uid: int, rounds: int, limit: int, rec: Recorder) -> dict[str
         out[label] = {
             "statements": len(rec.statements),
             "ms": statistics.median(times) * 1000,
+            "min": min(times) * 1000,
             "plans": explain(app, uid, rec.queries()),
         }
     for _ in range(5):
@@ -247,6 +249,7 @@ def run_phase(app, uid: int, rounds: int, limit: int, rec: Recorder) -> dict[str
     out["pending query"] = {
         "statements": 1,
         "ms": statistics.median(times) * 1000,
+        "min": min(times) * 1000,
         "plans": explain(app, uid, [pending_sql(app, uid, limit)]),
     }
     return out
@@ -298,17 +301,36 @@ def main() -> int:
     with psycopg.connect(_libpq(args.owner_url)) as conn:
         found = conn.execute("SELECT id FROM users WHERE email = 'user0000@bench.example'")
         large = found.fetchone()[0]
-    large_pending = statistics.median(
-        measure_pending(app, large, limit) for _ in range(args.rounds)
-    )
+    large_times = [measure_pending(app, large, limit) for _ in range(args.rounds)]
+    large_pending = min(large_times)
+
+    # Back to 10 rows and measure again (A B A): the load on a shared machine drifts, and the
+    # two sizes cannot be measured side by side, so the baseline is the mean of both A phases.
+    with psycopg.connect(_libpq(args.owner_url)) as conn:
+        conn.execute("DELETE FROM users WHERE email LIKE 'user%@bench.example'")
+        conn.commit()
+    with psycopg.connect(_libpq(args.owner_url), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE files")
+        conn.execute("VACUUM ANALYZE sync_runs")
+    print("phase 3: back to 10 file rows", flush=True)
+    phase3 = run_phase(app, small, args.rounds, limit, rec)
+    for label in phase1:
+        for stat in ("ms", "min"):
+            phase1[label][stat] = (phase1[label][stat] + phase3[label][stat]) / 2
+        if phase3[label]["statements"] != phase1[label]["statements"]:
+            print(f"  note: {label} changed its statement count between the 10-row phases")
 
     failed = False
-    print(f"\n{'':18} {'stmts 10':>9} {'stmts 1M':>9} {'ms 10':>8} {'ms 1M':>8} {'ratio':>6}")
+    # Targets are judged on the fastest round (as timeit advises: slower rounds measure the
+    # other processes on a shared machine, not this code); medians are printed beside them.
+    print("\n(10 rows: the mean of the phases before and after 1M; times in ms, min / median)")
+    print(f"{'':18} {'stmts 10':>9} {'stmts 1M':>9} {'min 10':>7} {'min 1M':>7} {'ratio':>6}"
+          f" {'med 10':>7} {'med 1M':>7}")  # fmt: skip
     for label in ("settings page", "progress partial", "pending query"):
         a, b = phase1[label], phase2[label]
-        ratio = b["ms"] / a["ms"]
-        print(f"{label:18} {a['statements']:>9} {b['statements']:>9} {a['ms']:>8.2f} "
-              f"{b['ms']:>8.2f} {ratio:>5.2f}x")  # fmt: skip
+        ratio = b["min"] / a["min"]
+        print(f"{label:18} {a['statements']:>9} {b['statements']:>9} {a['min']:>7.2f} "
+              f"{b['min']:>7.2f} {ratio:>5.2f}x {a['ms']:>7.2f} {b['ms']:>7.2f}")  # fmt: skip
         if b["statements"] != a["statements"]:
             print(f"  FAIL: {label}: {a['statements']} statements at 10 rows, "
                   f"{b['statements']} at 1M")  # fmt: skip
@@ -317,12 +339,13 @@ def main() -> int:
             print(f"  FAIL: {label} is {ratio:.2f}x slower at 1M rows (target < 1.3x)")
             failed = True
     print(f"pending query, a user with {per_user + 1:,} files (100 waiting) at 1M rows: "
-          f"{large_pending * 1000:.2f} ms")  # fmt: skip
+          f"min {large_pending * 1000:.2f} ms, median "
+          f"{statistics.median(large_times) * 1000:.2f} ms")  # fmt: skip
     if large_pending * 1000 >= 5:
         print("  FAIL: the pending query of the large user takes 5 ms or more")
         failed = True
-    if phase2["pending query"]["ms"] >= 5:
-        print(f"  FAIL: the pending query takes {phase2['pending query']['ms']:.2f} ms (< 5)")
+    if phase2["pending query"]["min"] >= 5:
+        print(f"  FAIL: the pending query takes {phase2['pending query']['min']:.2f} ms (< 5)")
         failed = True
     seq = [
         (label, plan)
