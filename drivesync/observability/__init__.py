@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, request
+from flask import Blueprint, Flask, current_app, g, request
 
 from ..extensions import csrf, limiter
 from . import health, logs, metrics
@@ -18,8 +18,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 
 
 def _bind_request_id() -> None:
-    from flask import current_app, g
-
     trusted = current_app.config.get("PROXY_COUNT", 0) > 0
     sent = logs.valid_request_id(request.headers.get(REQUEST_ID_HEADER)) if trusted else None
     rid = sent or logs.new_request_id()
@@ -28,8 +26,6 @@ def _bind_request_id() -> None:
 
 
 def _echo_request_id(response: Any) -> Any:
-    from flask import g
-
     rid = g.get("_request_id")
     if rid:
         response.headers[REQUEST_ID_HEADER] = rid
@@ -37,8 +33,6 @@ def _echo_request_id(response: Any) -> Any:
 
 
 def _unbind_request_id(exc: BaseException | None) -> None:
-    from flask import g
-
     token = g.pop("_request_id_token", None)
     if token is not None:
         logs.unbind(token)

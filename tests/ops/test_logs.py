@@ -142,3 +142,19 @@ def test_celery_messages_carry_the_request_id():
     finally:
         logs._postrun(task_id="t1")
     assert logs.current_request_id() is None
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"DRIVESYNC_LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"DRIVESYNC_LOG_LEVEL": "chatty"}, "LOG_LEVEL"),
+        ({"DRIVESYNC_WORKER_METRICS_ADDR": "localhost"}, "WORKER_METRICS_ADDR"),
+    ],
+)
+def test_bad_operations_settings_stop_the_app(env, key):
+    """Unknown log formats and levels, and a worker metrics address without a port, are refused."""
+    from drivesync.config import ConfigError, load_config, validate_config
+
+    with pytest.raises(ConfigError, match=key):
+        validate_config(load_config(env))
