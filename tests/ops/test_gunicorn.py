@@ -42,8 +42,31 @@ def test_metrics_aggregate_across_gunicorn_workers(tmp_path: Path):
         server.stop()
 
 
-def _slow_upload(url: str) -> socket.socket:
-    """Start a 10 MB multipart upload, send a sliver of it, and leave it hanging."""
+def _signed_in(server: Gunicorn, tmp: Path) -> tuple[str, str]:
+    """Create a user, sign in through the form; return the Cookie header and a CSRF token."""
+    import re
+
+    from drivesync import create_app
+    from drivesync.services import accounts
+    from tests.conftest import PASSWORD, app_config
+    from tests.ops.conftest import dispose
+
+    app = create_app(app_config(tmp, server.env["DRIVESYNC_DATABASE_URL"]))
+    with app.app_context():
+        accounts.create_user("slow@example.com", PASSWORD)
+    dispose(app)
+    csrf = re.compile(r'name="csrf_token" value="([^"]+)"')
+    with requests.Session() as s:
+        token = csrf.search(s.get(server.url + "/login", timeout=10).text).group(1)
+        r = s.post(server.url + "/login", data={"csrf_token": token, "email": "slow@example.com",
+                   "password": PASSWORD}, allow_redirects=False, timeout=30)  # fmt: skip
+        assert r.status_code in (302, 303), r.status_code
+        token = csrf.search(s.get(server.url + "/library/", timeout=10).text).group(1)
+        return "; ".join(f"{k}={v}" for k, v in s.cookies.items()), token
+
+
+def _slow_upload(url: str, cookie: str, token: str) -> socket.socket:
+    """Start a signed-in 10 MB multipart upload, send a sliver of it, and leave it hanging."""
     host, port = url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=30)
     boundary = "slowboundary"
@@ -55,6 +78,8 @@ def _slow_upload(url: str) -> socket.socket:
         (
             "POST /library/upload HTTP/1.1\r\n"
             f"Host: {host}\r\n"
+            f"Cookie: {cookie}\r\n"
+            f"X-CSRFToken: {token}\r\n"
             f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
             f"Content-Length: {10 * 1024 * 1024}\r\n\r\n"
         ).encode()
@@ -64,8 +89,9 @@ def _slow_upload(url: str) -> socket.socket:
     return sock
 
 
-def _page_answers_while_uploads_hang(server: Gunicorn, uploads: int) -> bool:
-    socks = [_slow_upload(server.url) for _ in range(uploads)]
+def _page_answers_while_uploads_hang(server: Gunicorn, tmp: Path, uploads: int) -> bool:
+    cookie, token = _signed_in(server, tmp)
+    socks = [_slow_upload(server.url, cookie, token) for _ in range(uploads)]
     try:
         time.sleep(1.0)  # let every upload reach a worker or thread
         try:
@@ -79,16 +105,16 @@ def _page_answers_while_uploads_hang(server: Gunicorn, uploads: int) -> bool:
 
 
 def test_slow_uploads_do_not_stall_the_app(tmp_path: Path):
-    """With the repository's config (gthread), five hanging uploads on ONE worker leave the
-    sign-in page answering; the same load on one sync worker does not (the control)."""
+    """With the repository's config (gthread), five hanging signed-in uploads on ONE worker leave
+    the sign-in page answering; the same load on one sync worker does not (the control)."""
     threaded = Gunicorn(tmp_path / "gthread", "--workers", "1")
     try:
-        assert _page_answers_while_uploads_hang(threaded, 5)
+        assert _page_answers_while_uploads_hang(threaded, tmp_path / "gthread", 5)
     finally:
         threaded.stop()
     sync = Gunicorn(tmp_path / "sync", "--workers", "1", "--worker-class", "sync", "--threads", "1")
     try:
-        assert not _page_answers_while_uploads_hang(sync, 5)
+        assert not _page_answers_while_uploads_hang(sync, tmp_path / "sync", 5)
     finally:
         sync.stop()
 
