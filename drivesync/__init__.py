@@ -25,7 +25,9 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024
     validate_config(app.config)
 
-    from . import web
+    from . import observability, web
+
+    observability.init_app(app)  # first: logging and request ids for everything after
 
     web.configure(app)
     db.init_app(app)

@@ -152,6 +152,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AUDIT_RETENTION_DAYS": _env_int(env, "DRIVESYNC_AUDIT_RETENTION_DAYS", 365),
         "EXPORT_INLINE_MB": _env_int(env, "DRIVESYNC_EXPORT_INLINE_MB", 200),
         "EXPORT_LINK_MINUTES": _env_int(env, "DRIVESYNC_EXPORT_LINK_MINUTES", 60),
+        # Operations: logs, metrics (see drivesync/observability).
+        "LOG_FORMAT": env.get("DRIVESYNC_LOG_FORMAT") or ("json" if production else "text"),
+        "LOG_LEVEL": (env.get("DRIVESYNC_LOG_LEVEL") or "INFO").upper(),
+        "METRICS_TOKEN": env.get("DRIVESYNC_METRICS_TOKEN", ""),
+        "WORKER_METRICS_ADDR": env.get("DRIVESYNC_WORKER_METRICS_ADDR", ""),
         # Development only: the bundled OneDrive emulator's base URL.
         "EMULATOR_URL": env.get("DRIVESYNC_EMULATOR_URL", ""),
         # Flask / cookies.
@@ -219,6 +224,15 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for key, low in (("SESSION_HOURS", 1), ("REMEMBER_DAYS", 1), ("RESET_MINUTES", 5)):
         if cfg[key] < low:
             raise ConfigError(f"DRIVESYNC_{key} must be at least {low}")
+    if cfg["LOG_FORMAT"] not in {"json", "text"}:
+        raise ConfigError("DRIVESYNC_LOG_FORMAT must be json or text")
+    if cfg["LOG_LEVEL"] not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("DRIVESYNC_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR")
+    if cfg["METRICS_TOKEN"] and len(cfg["METRICS_TOKEN"]) < 16:
+        raise ConfigError("DRIVESYNC_METRICS_TOKEN must be at least 16 characters")
+    addr = cfg["WORKER_METRICS_ADDR"]
+    if addr and not addr.rpartition(":")[2].isdigit():
+        raise ConfigError("DRIVESYNC_WORKER_METRICS_ADDR must be host:port (e.g. 127.0.0.1:9809)")
     fragment = cfg["UPLOAD_FRAGMENT_MB"] * 1024 * 1024
     if fragment <= 0 or fragment % (320 * 1024) or fragment > 60 * 1024 * 1024:
         raise ConfigError(

@@ -50,3 +50,4 @@ data_exported = _signals.signal("data-exported")
 # Microsoft refused this server's own app credentials (reason: client_secret_expired|…): the
 # operator must act; users are not asked to reconnect. Sent per failed token request.
 app_credentials_rejected = _signals.signal("app-credentials-rejected")
+token_refreshed = _signals.signal("token-refreshed")  # outcome: "ok"|"rejected"|"error" (ops)

@@ -46,6 +46,7 @@ from celery import Celery, Task
 from celery.signals import worker_shutting_down
 from flask import Flask, current_app
 
+from .observability.logs import carry
 from .services import liveness, runs
 
 logger = logging.getLogger(__name__)
@@ -229,7 +230,8 @@ def enqueue_run(run_id: int, user_id: int, *, resolve: str | None = None) -> Fut
         celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
         celery_app.send_task(EXECUTE_RUN, args=[run_id, user_id, resolve])
         return None
-    return _executor(app).submit(_thread_job, app, run_id, user_id, resolve)
+    # carry(): the job's log records keep the enqueuing request's id (Celery: a message header).
+    return _executor(app).submit(carry(_thread_job), app, run_id, user_id, resolve)
 
 
 def shutdown(wait: bool = True) -> None:
@@ -264,4 +266,4 @@ def enqueue_export(job_id: int, user_id: int) -> Future[None] | None:
         celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
         celery_app.send_task(BUILD_EXPORT, args=[job_id, user_id])
         return None
-    return _executor(app).submit(_thread_export, app, job_id, user_id)
+    return _executor(app).submit(carry(_thread_export), app, job_id, user_id)

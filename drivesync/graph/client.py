@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit
 
 import requests
 
-from drivesync.graph import logsafe
+from drivesync.graph import logsafe, telemetry
 from drivesync.graph.errors import GraphError, NameNotAllowedError, from_response, network_error
 from drivesync.graph.names import validate_name
 from drivesync.graph.retry import Pacer
@@ -59,6 +59,8 @@ class GraphClient:
         # so they go through this separate, credential-free session.
         self.plain_session = requests.Session()
         self.plain_session.trust_env = self.session.trust_env
+        telemetry.instrument(self.session)  # client-request-id, failure logs, metrics observers
+        telemetry.instrument(self.plain_session)
 
     def close(self) -> None:
         """Close both HTTP sessions (the Graph one and the credential-free one)."""

@@ -305,12 +305,19 @@ class TokenProvider:
         try:
             new = self._pacer.call(lambda: self._refresher(settings, refresh_token))
         except oauth.SignInError as exc:  # a known AADSTS reason: its own sentence
+            events.token_refreshed.send(None, user_id=self.user_id, outcome="rejected")
             self._reauth(exc.human_message(), exc.problem.reason, exc)
         except AuthError as exc:  # invalid_grant and friends without a known code
+            events.token_refreshed.send(None, user_id=self.user_id, outcome="rejected")
             self._reauth(exc.human_message())
         except oauth.AppCredentialsError as exc:  # the operator's problem, not the user's
+            events.token_refreshed.send(None, user_id=self.user_id, outcome="error")
             _report_operator_problem(exc)
             raise
+        except Exception:
+            events.token_refreshed.send(None, user_id=self.user_id, outcome="error")
+            raise
+        events.token_refreshed.send(None, user_id=self.user_id, outcome="ok")
         _clear_operator_notice()
         integration = db.session.get(Integration, self.integration_id)
         assert integration is not None  # noqa: S101 - the token row references it

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from drivesync.observability import logs
 from onedrive_emulator.server import EmulatorServer
 from tests.fixtures_emulator import ALEX, CLIENT_SECRET, csrf_from
 
@@ -87,6 +88,8 @@ def test_full_connect_and_sync_leaks_nothing(
         texts.append(record.getMessage())
         if record.exc_info:
             texts.append(logging.Formatter().formatException(record.exc_info))
+        for fmt in ("json", "text"):  # what production (JSON) and development write
+            texts.append(logs.formatter(fmt).format(record))
     with client.session_transaction() as sess:
         texts.append(repr(dict(sess)))  # the signed cookie's contents (flashes included)
     leaks = [(s[:8] + "…", t[:120]) for s in seen for t in texts if s and s in t]
