@@ -99,34 +99,20 @@ class GraphClient:
             raise GraphError("refusing to send credentials to another origin", code="badOrigin")
         refreshed = False
 
+        def send(force_refresh: bool) -> requests.Response:
+            token = self._token_provider(force_refresh)
+            return self._send(
+                method, url, token, params, json, data, headers, stream, allow_redirects
+            )
+
         def attempt() -> requests.Response:
             nonlocal refreshed
-            resp = self._send(
-                method,
-                url,
-                self._token_provider(False),
-                params,
-                json,
-                data,
-                headers,
-                stream,
-                allow_redirects,
-            )
+            resp = send(False)
             if resp.status_code == 401 and not refreshed:
                 refreshed = True
                 resp.close()
                 logger.info("Graph answered 401; forcing a token refresh and retrying once")
-                resp = self._send(
-                    method,
-                    url,
-                    self._token_provider(True),
-                    params,
-                    json,
-                    data,
-                    headers,
-                    stream,
-                    allow_redirects,
-                )
+                resp = send(True)
             if resp.status_code >= 400:
                 err = from_response(resp)
                 resp.close()

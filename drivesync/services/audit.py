@@ -33,6 +33,7 @@ from sqlalchemy import delete, func, text, update
 from .. import events
 from ..extensions import db
 from ..models import AuditEvent, File, User, utcnow
+from .paging import Pagination
 
 logger = logging.getLogger(__name__)
 
@@ -84,28 +85,13 @@ SENTENCES = {
 
 
 @dataclass(frozen=True)
-class ActivityPage:
+class ActivityPage(Pagination):
     """One page of a user's audit entries, newest first."""
 
     items: list[AuditEvent]
     page: int
     per_page: int
     total: int
-
-    @property
-    def pages(self) -> int:
-        """Return the number of pages (at least one)."""
-        return max(1, -(-self.total // self.per_page))
-
-    @property
-    def has_prev(self) -> bool:
-        """Return whether a newer page exists."""
-        return self.page > 1
-
-    @property
-    def has_next(self) -> bool:
-        """Return whether an older page exists."""
-        return self.page < self.pages
 
 
 def keyed_hash(value: str) -> str:

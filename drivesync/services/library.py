@@ -14,6 +14,7 @@ from ..extensions import db
 from ..graph.names import MAX_FILE_SIZE, validate_name
 from ..models import File, utcnow
 from .errors import NotFound, ValidationError
+from .paging import Pagination
 from .storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ MAX_NAME = 255
 
 
 @dataclass(frozen=True)
-class Page:
+class Page(Pagination):
     """One page of a user's files."""
 
     items: list[File]
@@ -39,21 +40,6 @@ class Page:
     per_page: int
     total: int
     sort: str
-
-    @property
-    def pages(self) -> int:
-        """Return the number of pages (at least one)."""
-        return max(1, -(-self.total // self.per_page))
-
-    @property
-    def has_prev(self) -> bool:
-        """Return whether a previous page exists."""
-        return self.page > 1
-
-    @property
-    def has_next(self) -> bool:
-        """Return whether a next page exists."""
-        return self.page < self.pages
 
 
 def clean_display_name(raw: str | None) -> str:
