@@ -57,6 +57,9 @@ def _check_migrations() -> bool:
 
 def _check_storage() -> bool:
     folder = Path(current_app.config["STORAGE_DIR"])
+    # A fresh install has no uploads folder until the first upload: make it, as storage would,
+    # but never its parents (a missing volume must fail here, not fill the root filesystem).
+    folder.mkdir(mode=0o700, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".readyz-"):
         pass
     return True

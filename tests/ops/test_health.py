@@ -53,6 +53,15 @@ def test_readyz_names_unapplied_migrations(client):
     assert r.get_json() == {"status": "unavailable", "failing": ["migrations"]}
 
 
+def test_readyz_is_ready_before_the_first_upload(migrated_app: Flask, tmp_path: Path):
+    """A fresh install (no uploads folder yet, its parent there) is ready; the folder is made."""
+    fresh = tmp_path / "fresh-instance" / "uploads"
+    fresh.parent.mkdir()
+    migrated_app.config["STORAGE_DIR"] = str(fresh)
+    assert migrated_app.test_client().get("/readyz").status_code == 200
+    assert fresh.is_dir()
+
+
 def test_readyz_names_missing_storage(migrated_app: Flask, tmp_path: Path):
     """A storage folder that is gone makes 'storage' fail, with no path in the answer."""
     migrated_app.config["STORAGE_DIR"] = str(tmp_path / "gone" / "uploads")
