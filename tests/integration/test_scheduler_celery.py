@@ -355,3 +355,57 @@ def test_a_second_beat_in_the_same_interval_does_nothing(
         time.sleep(1.0)  # SCHEDULER_INTERVAL_SECONDS is 1 here: the next interval's tick runs
         tasks.run_tick()
     assert ticks == [1, 1]
+
+
+def _fragment_starts(entries: list[dict[str, Any]]) -> list[int]:
+    """The first byte of every fragment PUT (``Content-Range: bytes a-b/n``) the emulator took."""
+    starts = []
+    for e in entries:
+        rng = e.get("content_range") or ""
+        if e["method"] == "PUT" and rng.startswith("bytes ") and not e.get("cut"):
+            starts.append(int(rng[len("bytes ") :].split("-")[0]))
+    return starts
+
+
+def test_worker_killed_mid_upload_resumes_without_resending(
+    app: Flask, celery_app: Any, processes: Processes, broker: str, emu: EmulatorAdmin,
+    user: int, make_file: Callable[..., int], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A worker SIGKILLed in the middle of a 40 MiB upload: the scheduler recovers the claim and
+    the run, a new worker resumes the stored session, the file ends synced and hash-verified, and
+    no byte below the last acknowledged fragment is sent again."""
+    monkeypatch.setattr(tasks, "wake_user", lambda user_id, delay: None)  # the run is explicit
+    processes.env |= {"DRIVESYNC_UPLOAD_FRAGMENT_MB": "5", "DRIVESYNC_SYNC_STALE_SECONDS": "3"}
+    app.config["UPLOAD_FRAGMENT_MB"] = 5
+    fid = make_file(user, "scan-40mib.bin", os.urandom(40 * 1024 * 1024))
+    emu.set_latency(300)  # every fragment takes a while: the kill lands mid-upload
+    first = processes.start("worker", broker)
+    with app.app_context(), user_scope(user):
+        sync.request_sync(user)
+    acked, deadline = 0, time.monotonic() + 90
+    while time.monotonic() < deadline:
+        with app.app_context(), user_scope(user):
+            f = db.session.get(File, fid)
+            assert f is not None
+            acked = f.bytes_sent if f.upload_url else 0
+        if acked >= 10 * 1024 * 1024:
+            break
+        time.sleep(0.05)
+    assert acked >= 10 * 1024 * 1024, processes.logs()
+    first.kill()  # SIGKILL: no warm shutdown, no release of the claim
+    first.wait(timeout=30)
+    killed_at = len(emu.requests_log())
+    with app.app_context(), user_scope(user):
+        f = db.session.get(File, fid)
+        assert f is not None and f.onedrive_sync_status == "syncing"  # left behind by the dead
+        acked = f.bytes_sent  # the offset the database knows was acknowledged
+    emu.set_latency(0)
+    processes.start("worker", broker)
+    processes.start("beat", broker)  # nobody presses anything: the tick finds the dead claim
+    [row] = wait_synced(app, user, processes, timeout=120)
+    assert_on_onedrive(emu, [row])
+    after = _fragment_starts(emu.requests_log()[killed_at:])
+    assert after and min(after) >= acked, (acked, after)
+    everything = _fragment_starts(emu.requests_log())
+    below = [s for s in everything if s < acked]
+    assert len(below) == len(set(below)), below  # each acknowledged fragment was sent once
