@@ -125,6 +125,17 @@ class Processes:
         self.procs.append(proc)
         return proc
 
+    def start_app(self, user_id: int | None = None) -> subprocess.Popen[bytes]:
+        """Start a drivesync process on the thread backend with its embedded scheduler (as
+        ``app.py`` runs it); with ``user_id`` it asks for that user's Sync All at start."""
+        args = [sys.executable, "-m", "tests.thread_app_process"]
+        args += [str(user_id)] if user_id is not None else []
+        log = open(self.tmp_path / f"app-{len(self.procs)}.log", "ab")  # noqa: SIM115
+        proc = subprocess.Popen(args, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        return proc
+
     def logs(self) -> str:
         """Return the tail of every log, for a failure message."""
         return "\n".join(
@@ -367,21 +378,16 @@ def _fragment_starts(entries: list[dict[str, Any]]) -> list[int]:
     return starts
 
 
-def test_worker_killed_mid_upload_resumes_without_resending(
-    app: Flask, celery_app: Any, processes: Processes, broker: str, emu: EmulatorAdmin,
-    user: int, make_file: Callable[..., int], monkeypatch: pytest.MonkeyPatch,
+def _kill_mid_upload_and_resume(
+    app: Flask, processes: Processes, emu: EmulatorAdmin, user: int,
+    make_file: Callable[..., int], start: Callable[[bool], subprocess.Popen[bytes]],
 ) -> None:  # fmt: skip
-    """A worker SIGKILLed in the middle of a 40 MiB upload: the scheduler recovers the claim and
-    the run, a new worker resumes the stored session, the file ends synced and hash-verified, and
-    no byte below the last acknowledged fragment is sent again."""
-    monkeypatch.setattr(tasks, "wake_user", lambda user_id, delay: None)  # the run is explicit
+    """Upload 40 MiB in 5 MiB fragments, SIGKILL the process that runs it after two or more
+    fragments were acknowledged, start another, and check how the file ends."""
     processes.env |= {"DRIVESYNC_UPLOAD_FRAGMENT_MB": "5", "DRIVESYNC_SYNC_STALE_SECONDS": "3"}
-    app.config["UPLOAD_FRAGMENT_MB"] = 5
     fid = make_file(user, "scan-40mib.bin", os.urandom(40 * 1024 * 1024))
     emu.set_latency(300)  # every fragment takes a while: the kill lands mid-upload
-    first = processes.start("worker", broker)
-    with app.app_context(), user_scope(user):
-        sync.request_sync(user)
+    first = start(True)
     acked, deadline = 0, time.monotonic() + 90
     while time.monotonic() < deadline:
         with app.app_context(), user_scope(user):
@@ -400,8 +406,7 @@ def test_worker_killed_mid_upload_resumes_without_resending(
         assert f is not None and f.onedrive_sync_status == "syncing"  # left behind by the dead
         acked = f.bytes_sent  # the offset the database knows was acknowledged
     emu.set_latency(0)
-    processes.start("worker", broker)
-    processes.start("beat", broker)  # nobody presses anything: the tick finds the dead claim
+    start(False)  # nobody presses anything: the scheduler's tick finds the dead claim and run
     [row] = wait_synced(app, user, processes, timeout=120)
     assert_on_onedrive(emu, [row])
     after = _fragment_starts(emu.requests_log()[killed_at:])
@@ -409,3 +414,39 @@ def test_worker_killed_mid_upload_resumes_without_resending(
     everything = _fragment_starts(emu.requests_log())
     below = [s for s in everything if s < acked]
     assert len(below) == len(set(below)), below  # each acknowledged fragment was sent once
+
+
+def test_worker_killed_mid_upload_resumes_without_resending(
+    app: Flask, celery_app: Any, processes: Processes, broker: str, emu: EmulatorAdmin,
+    user: int, make_file: Callable[..., int], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A Celery worker SIGKILLed in the middle of a 40 MiB upload: beat's tick recovers the
+    claim and the run, a new worker resumes the stored session, the file ends synced and
+    hash-verified, and no byte below the last acknowledged fragment is sent again."""
+    monkeypatch.setattr(tasks, "wake_user", lambda user_id, delay: None)  # the run is explicit
+
+    def start(first: bool) -> subprocess.Popen[bytes]:
+        if first:
+            worker = processes.start("worker", broker)
+            with app.app_context(), user_scope(user):
+                sync.request_sync(user)
+            return worker
+        processes.start("beat", broker)
+        return processes.start("worker", broker)
+
+    _kill_mid_upload_and_resume(app, processes, emu, user, make_file, start)
+
+
+def test_app_process_killed_mid_upload_resumes_without_resending(
+    app: Flask, processes: Processes, emu: EmulatorAdmin, user: int,
+    make_file: Callable[..., int], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The embedded default (thread backend, in-process scheduler) SIGKILLed mid-upload and
+    started again: its own scheduler resumes the upload where the acknowledged bytes end."""
+    monkeypatch.setattr(tasks, "wake_user", lambda user_id, delay: None)
+    app.config["TASK_BACKEND"] = "eager"  # this process only uploads the file; it syncs nothing
+
+    def start(first: bool) -> subprocess.Popen[bytes]:
+        return processes.start_app(user if first else None)
+
+    _kill_mid_upload_and_resume(app, processes, emu, user, make_file, start)
