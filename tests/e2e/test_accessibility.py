@@ -151,6 +151,21 @@ def check_focus(page: Page, name: str, found: dict[str, str]) -> None:
         found[f"{name} (focus)"] = "\n".join(dict.fromkeys(bad))  # Tab wraps around
 
 
+def password_form(
+    page: Page, live: LiveServer, link: str, lands: str, button: str, found: dict[str, str]
+) -> None:
+    """Open a mailed link's password form; check it, its focus, then its errors shown."""
+    page.goto(live.url + link)
+    expect(page).to_have_url(live.url + lands, timeout=T)  # the token left the URL
+    check(page, lands, found)
+    check_focus(page, lands, found)
+    page.get_by_label("password", exact=False).first.fill("short")
+    page.get_by_label("Repeat", exact=False).fill("different")
+    page.get_by_role("button", name=button).click()
+    expect(page.locator("[aria-invalid=true]").first).to_be_visible(timeout=T)
+    check(page, f"{lands} (errors)", found)
+
+
 def test_account_auth_and_automation_pages_pass_axe(
     browser: Browser, page: Page, live_server: LiveServer
 ) -> None:
@@ -176,15 +191,7 @@ def test_account_auth_and_automation_pages_pass_axe(
         ).to_be_visible(timeout=T)
         check(visitor, "/password/forgot (sent)", found)
         reset = mailed_link(outbox_messages(live.app, 2)[-1], "/password/reset/")
-        visitor.goto(live.url + reset)
-        expect(visitor).to_have_url(live.url + "/password/reset", timeout=T)
-        check(visitor, "/password/reset", found)
-        check_focus(visitor, "/password/reset", found)
-        visitor.get_by_label("New password", exact=False).first.fill("short")
-        visitor.get_by_label("Repeat new password").fill("different")
-        visitor.get_by_role("button", name="Set new password").click()
-        expect(visitor.locator("[aria-invalid=true]").first).to_be_visible(timeout=T)
-        check(visitor, "/password/reset (errors)", found)
+        password_form(visitor, live, reset, "/password/reset", "Set new password", found)
 
         # The sign-up completion page from a fresh link, with its errors, then a dead link.
         visitor.goto(live.url + "/signup")
@@ -193,15 +200,7 @@ def test_account_auth_and_automation_pages_pass_axe(
         expect(visitor.get_by_role("heading", name="Check your e-mail")).to_be_visible(timeout=T)
         check(visitor, "/signup (sent)", found)
         signup = mailed_link(outbox_messages(live.app, 3)[-1], "/signup/")
-        visitor.goto(live.url + signup)
-        expect(visitor).to_have_url(live.url + "/signup/complete", timeout=T)
-        check(visitor, "/signup/complete", found)
-        check_focus(visitor, "/signup/complete", found)
-        visitor.get_by_label("Password", exact=False).first.fill("short")
-        visitor.get_by_label("Repeat password").fill("different")
-        visitor.get_by_role("button", name="Create account").click()
-        expect(visitor.locator("[aria-invalid=true]").first).to_be_visible(timeout=T)
-        check(visitor, "/signup/complete (errors)", found)
+        password_form(visitor, live, signup, "/signup/complete", "Create account", found)
         visitor.goto(live.url + mailed_link(outbox_messages(live.app)[0], "/signup/"))
         expect(visitor.get_by_role("heading", level=1)).to_be_visible(timeout=T)
         check(visitor, "/signup/complete (used link)", found)
