@@ -8,9 +8,12 @@ from typing import Any
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import scope
+from . import mail, observability, scope, tasks, web
+from .cli import register_cli
 from .config import load_config, validate_config
 from .extensions import csrf, db, limiter, login_manager, migrate
+from .services import autosync, export, liveness, runs, scheduler
+from .views import register_blueprints
 
 __all__ = ["create_app"]
 
@@ -25,8 +28,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024
     validate_config(app.config)
 
-    from . import observability, web
-
     observability.init_app(app)  # first: logging and request ids for everything after
 
     web.configure(app)
@@ -38,24 +39,25 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     login_manager.init_app(app)
     csrf.init_app(app)
-    from . import mail
-
     mail.init_app(app)
     limiter.init_app(app)
 
-    from . import tasks
-
-    tasks.init_app(app)
-
-    from .services import autosync
+    # The job bodies are handed to tasks here, so tasks imports no service (no import cycle).
+    tasks.init_app(
+        app,
+        jobs={
+            tasks.EXECUTE_RUN: runs.execute_run,
+            tasks.BUILD_EXPORT: export.build_export,
+            tasks.TICK: scheduler.tick,
+            tasks.WAKE_USER: scheduler.wake_user,
+        },
+        nudge=scheduler.notify,
+        on_shutdown=liveness.begin_shutdown,
+    )
 
     autosync.install(db.session)  # uploads mark automatic syncs due
 
-    from .views import register_blueprints
-
     register_blueprints(app)
-
-    from .cli import register_cli
 
     register_cli(app)
 
