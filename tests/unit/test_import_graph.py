@@ -94,16 +94,28 @@ def _targets(module: str, node: ast.Import | ast.ImportFrom) -> Iterator[str]:
             yield name
 
 
+def _with_packages(module: str, target: str) -> Iterator[str]:
+    """Yield ``target`` and the subpackages whose ``__init__`` loading it runs first.
+
+    The root package and the importer's own packages are left out: they are already loading.
+    """
+    parts = target.split(".")
+    for i in range(2, len(parts) + 1):
+        name = ".".join(parts[:i])
+        if name in MODULES and name != module and not module.startswith(f"{name}."):
+            yield name
+
+
 def _graph() -> dict[str, set[str]]:
     """Map every module to the package modules it imports at load time."""
     graph: dict[str, set[str]] = {}
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(), str(path))
         graph[module] = {
-            target
+            name
             for node in _top_level_imports(tree)
             for target in _targets(module, node)
-            if target != module
+            for name in _with_packages(module, target)
         }
     return graph
 
