@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 from flask import Flask
@@ -16,6 +17,16 @@ from .services import autosync, export, liveness, runs, scheduler
 from .views import register_blueprints
 
 __all__ = ["create_app"]
+
+
+def _late(module: ModuleType, name: str) -> Callable[..., Any]:
+    """Return a function calling ``module.name`` as it is when called (patched in tests too)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(module, name)(*args, **kwargs)
+
+    call.__qualname__ = f"{module.__name__}.{name}"
+    return call
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -46,13 +57,13 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     tasks.init_app(
         app,
         jobs={
-            tasks.EXECUTE_RUN: runs.execute_run,
-            tasks.BUILD_EXPORT: export.build_export,
-            tasks.TICK: scheduler.tick,
-            tasks.WAKE_USER: scheduler.wake_user,
+            tasks.EXECUTE_RUN: _late(runs, "execute_run"),
+            tasks.BUILD_EXPORT: _late(export, "build_export"),
+            tasks.TICK: _late(scheduler, "tick"),
+            tasks.WAKE_USER: _late(scheduler, "wake_user"),
         },
-        nudge=scheduler.notify,
-        on_shutdown=liveness.begin_shutdown,
+        nudge=_late(scheduler, "notify"),
+        on_shutdown=_late(liveness, "begin_shutdown"),
     )
 
     autosync.install(db.session)  # uploads mark automatic syncs due
