@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import ModuleType
 from typing import Any
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import scope
+from . import mail, observability, scope, tasks, web
+from .cli import register_cli
 from .config import load_config, validate_config
 from .extensions import csrf, db, limiter, login_manager, migrate
+from .services import autosync, export, liveness, runs, scheduler
+from .views import register_blueprints
 
 __all__ = ["create_app"]
+
+
+def _late(module: ModuleType, name: str) -> Callable[..., Any]:
+    """Return a function calling ``module.name`` as it is when called (patched in tests too)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(module, name)(*args, **kwargs)
+
+    call.__qualname__ = f"{module.__name__}.{name}"
+    return call
 
 
 def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
@@ -25,8 +39,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPLOAD_MB"] * 1024 * 1024
     validate_config(app.config)
 
-    from . import observability, web
-
     observability.init_app(app)  # first: logging and request ids for everything after
 
     web.configure(app)
@@ -38,24 +50,25 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     )
     login_manager.init_app(app)
     csrf.init_app(app)
-    from . import mail
-
     mail.init_app(app)
     limiter.init_app(app)
 
-    from . import tasks
-
-    tasks.init_app(app)
-
-    from .services import autosync
+    # The job bodies are handed to tasks here, so tasks imports no service (no import cycle).
+    tasks.init_app(
+        app,
+        jobs={
+            tasks.EXECUTE_RUN: _late(runs, "execute_run"),
+            tasks.BUILD_EXPORT: _late(export, "build_export"),
+            tasks.TICK: _late(scheduler, "tick"),
+            tasks.WAKE_USER: _late(scheduler, "wake_user"),
+        },
+        nudge=_late(scheduler, "notify"),
+        on_shutdown=_late(liveness, "begin_shutdown"),
+    )
 
     autosync.install(db.session)  # uploads mark automatic syncs due
 
-    from .views import register_blueprints
-
     register_blueprints(app)
-
-    from .cli import register_cli
 
     register_cli(app)
 

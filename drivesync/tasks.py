@@ -11,8 +11,11 @@
 - ``eager``: run the job in the caller, synchronously (tests).
 
 Jobs receive ids only; ``services/runs.py`` is safe to run twice, which ``acks_late`` relies on.
-Callers enqueue from the top (``services/sync.py`` calls ``enqueue_run``); this module imports
-downwards only, so the import graph reads ``sync → tasks → runs → transfer → graph``.
+This module knows nothing of the services: it runs a job *by name* on the configured backend.
+The job bodies (execute a run, tick, wake a user, build an export) are handed to ``init_app`` by
+the app factory (``create_app``), which is also what registers them as Celery tasks under the
+same names. So any service may import this module at its top and enqueue (``enqueue_run``,
+``enqueue_export``, ``wake_user``), and nothing here imports a service: no import cycle.
 
 Scheduling (services/scheduler.py): ``drivesync.tick`` runs one reconcile; Celery beat sends it
 every ``SCHEDULER_INTERVAL_SECONDS`` (``celery -A wsgi.celery_app beat``, one process), and a
@@ -36,18 +39,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from typing import Any
 
+import redis
 from celery import Celery, Task
 from celery.signals import worker_shutting_down
 from flask import Flask, current_app
 
 from .observability.logs import carry
-from .services import liveness, runs
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +63,45 @@ TICK_LOCK = "drivesync:scheduler-tick"
 VISIBILITY_TIMEOUT = 6 * 3600  # seconds; see the module docstring
 BACKENDS = ("thread", "celery", "eager")
 _EXTENSION = "drivesync.tasks"
+_WIRING = "drivesync.tasks.wiring"
+JOB_NAMES = (EXECUTE_RUN, BUILD_EXPORT, TICK, WAKE_USER)
 
 _inline: ContextVar[bool] = ContextVar("drivesync_tasks_inline", default=False)
 _pool_lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 
 
-def _on_worker_shutting_down(**_: Any) -> None:
-    logger.info("warm shutdown: sync runs finish their current uploads and go back to the queue")
-    liveness.begin_shutdown()
+@dataclass(frozen=True)
+class Wiring:
+    """What the app factory hands this module: the job bodies by name, and two hooks."""
+
+    jobs: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
+    #: The thread backend's wake-up: nudge the in-process scheduler ``delay`` seconds from now.
+    nudge: Callable[[float], Any] | None = None
+    #: Called on a Celery warm shutdown (runs stop taking new files).
+    on_shutdown: Callable[[], Any] | None = None
 
 
-def init_app(app: Flask) -> None:
-    """Set up the configured task backend for ``app``."""
+def init_app(
+    app: Flask,
+    jobs: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    nudge: Callable[[float], Any] | None = None,
+    on_shutdown: Callable[[], Any] | None = None,
+) -> None:
+    """Set up the configured task backend for ``app`` with the job bodies ``jobs`` (by name).
+
+    Called again without ``jobs`` (tests switching backends), it keeps the wiring it had.
+    """
     backend = app.config["TASK_BACKEND"]
     if backend not in BACKENDS:
         raise ValueError(f"TASK_BACKEND must be one of {BACKENDS}, got {backend!r}")
+    if jobs is not None:
+        unknown = set(jobs) - set(JOB_NAMES)
+        if unknown:
+            raise ValueError(f"unknown job names {sorted(unknown)}; known: {JOB_NAMES}")
+        app.extensions[_WIRING] = Wiring(dict(jobs), nudge, on_shutdown)
+    app.extensions.setdefault(_WIRING, Wiring())
     app.extensions[_EXTENSION] = backend
     if backend == "celery":
         celery_init_app(app)
@@ -121,6 +148,13 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.task(name=BUILD_EXPORT, ignore_result=True, shared=False)(export_job)
     celery_app.task(name=TICK, ignore_result=True, shared=False)(run_tick)
     celery_app.task(name=WAKE_USER, ignore_result=True, shared=False)(wake_job)
+    on_shutdown = _wiring(app).on_shutdown
+
+    def _on_worker_shutting_down(**_: Any) -> None:
+        logger.info("warm shutdown: sync runs finish their uploads and go back to the queue")
+        if on_shutdown is not None:
+            on_shutdown()
+
     worker_shutting_down.connect(
         _on_worker_shutting_down, weak=False, dispatch_uid="drivesync-warm-shutdown"
     )
@@ -128,25 +162,35 @@ def celery_init_app(app: Flask) -> Celery:
     return celery_app
 
 
+def _wiring(app: Flask | None = None) -> Wiring:
+    app = app or current_app
+    wiring: Wiring | None = app.extensions.get(_WIRING)
+    return wiring or Wiring()
+
+
+def _job(name: str) -> Callable[..., Any]:
+    """Return the job body registered under ``name`` for the current app."""
+    job = _wiring().jobs.get(name)
+    if job is None:
+        raise LookupError(f"no job {name!r} was handed to tasks.init_app")
+    return job
+
+
 def run_job(run_id: int, user_id: int, resolve: str | None = None) -> None:
     """Execute one sync run (inside an app context)."""
-    runs.execute_run(run_id, user_id, resolve=resolve)
+    _job(EXECUTE_RUN)(run_id, user_id, resolve=resolve)
 
 
 def run_tick() -> None:
     """Run one scheduler tick, unless another beat's tick holds this interval's lock."""
-    from .services import scheduler
-
     if not _tick_lock():
         logger.info("scheduler tick skipped: another one ran in this interval")
         return
-    scheduler.tick()
+    _job(TICK)()
 
 
 def _tick_lock() -> bool:
     """Take the per-interval tick lock in Redis (SET NX PX); True when there is no Redis lock."""
-    import redis
-
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     ttl = int(float(app.config["SCHEDULER_INTERVAL_SECONDS"]) * 900)  # 0.9 interval, ms
     client = redis.Redis.from_url(app.config["CELERY_BROKER_URL"], socket_timeout=5)
@@ -161,9 +205,7 @@ def _tick_lock() -> bool:
 
 def wake_job(user_id: int) -> None:
     """Handle a debounced wake-up: reconcile one user (inside an app context)."""
-    from .services import scheduler
-
-    scheduler.wake_user(user_id)
+    _job(WAKE_USER)(user_id)
 
 
 def wake_user(user_id: int, delay: float) -> None:
@@ -177,10 +219,8 @@ def wake_user(user_id: int, delay: float) -> None:
     if kind == "celery":
         celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
         celery_app.send_task(WAKE_USER, args=[user_id], countdown=max(0.0, delay))
-    elif kind == "thread":
-        from .services import scheduler
-
-        scheduler.notify(delay)
+    elif kind == "thread" and (nudge := _wiring(app).nudge) is not None:
+        nudge(delay)
 
 
 def _thread_job(app: Flask, run_id: int, user_id: int, resolve: str | None) -> None:
@@ -245,9 +285,7 @@ def shutdown(wait: bool = True) -> None:
 
 def export_job(job_id: int, user_id: int) -> None:
     """Build one data export (inside an app context); safe to run twice (conditional claim)."""
-    from .services import export
-
-    export.build_export(job_id, user_id)
+    _job(BUILD_EXPORT)(job_id, user_id)
 
 
 def _thread_export(app: Flask, job_id: int, user_id: int) -> None:

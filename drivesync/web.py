@@ -29,6 +29,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from wtforms.validators import ValidationError as WTFValidationError
 
+from .formats import humansize
 from .scope import reset_scope, set_scope
 from .services import quota
 from .services.library import sync_fix
@@ -228,20 +229,6 @@ def _discard_incoming(exc: BaseException | None) -> None:
         if incoming.path.exists():
             incoming.close()
             incoming.path.unlink(missing_ok=True)
-
-
-def humansize(n: int | None) -> str:
-    """Return a byte count in human units (1.5 MB)."""
-    if n is None:
-        return "—"
-    size = float(n)
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if size < 1024 or unit == "TB":
-            if unit == "bytes":
-                return "1 byte" if n == 1 else f"{int(size)} bytes"
-            return f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} bytes"
 
 
 def reltime(when: datetime | None) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from celery import signals
 from flask import Blueprint, Flask, current_app, g, request
 
 from ..extensions import csrf, limiter
@@ -48,7 +49,6 @@ def init_app(app: Flask) -> None:
     app.teardown_request(_unbind_request_id)
     metrics.init_app(app)
     if addr := app.config.get("WORKER_METRICS_ADDR"):
-        from celery import signals
 
         def _serve(**_: Any) -> None:
             metrics.start_worker_server(addr)

@@ -14,11 +14,15 @@ from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
-from flask import Flask, current_app, jsonify
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from flask import Flask, current_app, jsonify, make_response
 from flask.typing import ResponseReturnValue
+from kombu import Connection
 from sqlalchemy import text
 
 from ..extensions import db
+from ..web import MIGRATIONS_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -30,9 +34,6 @@ def healthz() -> ResponseReturnValue:
 
 @cache
 def _migration_heads(directory: str) -> frozenset[str]:
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
     config = Config()
     config.set_main_option("script_location", directory)
     return frozenset(ScriptDirectory.from_config(config).get_heads())
@@ -44,8 +45,6 @@ def _check_database() -> bool:
 
 
 def _check_migrations() -> bool:
-    from ..web import MIGRATIONS_DIR
-
     if db.engine.dialect.name == "postgresql":
         # The app role may not read alembic_version (db-grant); migration b3c1f0a9e2d4 lends it.
         query = text("SELECT * FROM drivesync_schema_version()")
@@ -66,8 +65,6 @@ def _check_storage() -> bool:
 
 
 def _check_broker() -> bool:
-    from kombu import Connection
-
     url = current_app.config["CELERY_BROKER_URL"]
     with Connection(url, connect_timeout=2, transport_options={"socket_timeout": 2}) as conn:
         conn.ensure_connection(max_retries=0)
@@ -114,8 +111,6 @@ def readyz() -> ResponseReturnValue:
 
 
 def _no_store(resp: ResponseReturnValue, status: int) -> ResponseReturnValue:
-    from flask import make_response
-
     out = make_response(resp, status)
     out.headers["Cache-Control"] = "no-store"
     return out

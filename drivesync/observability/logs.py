@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, ParamSpec, TypeVar
 
+from celery import signals
 from pythonjsonlogger.json import JsonFormatter
 
 P = ParamSpec("P")
@@ -126,8 +127,6 @@ def installed_handler() -> logging.StreamHandler[Any] | None:
 
 def install_celery_hooks() -> None:
     """Carry the request id from the publisher to the worker through a message header."""
-    from celery import signals
-
     signals.before_task_publish.connect(_publish, weak=False, dispatch_uid="drivesync-rid-pub")
     signals.task_prerun.connect(_prerun, weak=False, dispatch_uid="drivesync-rid-pre")
     signals.task_postrun.connect(_postrun, weak=False, dispatch_uid="drivesync-rid-post")

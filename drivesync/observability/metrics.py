@@ -29,12 +29,14 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import events
 from ..graph import telemetry
+from .backlog import sync_backlog
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +144,6 @@ class BacklogCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield the two gauges (nothing if the database does not answer)."""
-        from .backlog import sync_backlog
-
         try:
             with self.app.app_context():
                 active, due = sync_backlog()
@@ -213,8 +213,6 @@ def start_worker_server(addr: str) -> None:
     global _worker_server_started
     if _worker_server_started or not addr:
         return
-    from prometheus_client import start_http_server
-
     host, _, port = addr.rpartition(":")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -19,7 +19,7 @@ from flask import current_app
 from sqlalchemy import event, or_, update
 from sqlalchemy.orm import Session
 
-from .. import events
+from .. import events, tasks
 from ..extensions import db
 from ..models import File, Integration, utcnow
 from .integrations import PROVIDER, NotConnected, get_integration
@@ -90,8 +90,6 @@ def _send_wakeups(session: Session) -> None:
     pending = session.info.pop(_WAKEUPS, None)
     if not pending:
         return
-    from .. import tasks
-
     for user_id, wait in pending.items():
         try:
             tasks.wake_user(user_id, wait)

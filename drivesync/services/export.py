@@ -29,12 +29,13 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from sqlalchemy import update
 from zipstream import ZIP_STORED, ZipStream
 
-from .. import events
+from .. import events, tasks
 from ..extensions import db
 from ..models import ExportJob, File, Integration, User, utcnow
 from ..scope import user_scope
 from . import audit, history
 from .errors import NotFound
+from .quota import usage
 from .storage import LocalStorage
 
 logger = logging.getLogger(__name__)
@@ -182,8 +183,6 @@ def build_zip(user_id: int, storage: LocalStorage, on_bytes: Any = None) -> ZipS
 
 def export_size(user_id: int) -> int:
     """Return the total size of the user's library files."""
-    from .quota import usage
-
     return usage(user_id).used
 
 
@@ -203,8 +202,6 @@ def stream_export(user_id: int, storage: LocalStorage) -> Iterator[bytes]:
 
 def start_export(user_id: int) -> ExportJob:
     """Queue a background export for the user and return its job."""
-    from .. import tasks
-
     purge_expired(user_id, _storage())
     entries = _entries(user_id)
     job = ExportJob(

@@ -26,9 +26,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import requests
+from flask import current_app
+from sqlalchemy import func
 
 from ..graph import retry
 from ..graph.errors import GraphError
+from ..models import File, utcnow
 
 TRANSIENT = "transient"
 PERMANENT = "permanent"
@@ -189,10 +192,6 @@ def failed_values(
 
 def error_columns(exc: BaseException, attempts_before: int, reason: str) -> dict[str, Any]:
     """Return every File column the engine writes when a try fails with ``exc`` (one call)."""
-    from sqlalchemy import func
-
-    from ..models import File, utcnow
-
     now = utcnow()
     return {
         "onedrive_error": reason,
@@ -203,8 +202,6 @@ def error_columns(exc: BaseException, attempts_before: int, reason: str) -> dict
 
 def retry_base() -> float:
     """Return the configured first wait (``SYNC_RETRY_BASE_SECONDS``; tests shorten it)."""
-    from flask import current_app
-
     return float(current_app.config["SYNC_RETRY_BASE_SECONDS"])
 
 

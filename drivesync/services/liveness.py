@@ -16,6 +16,7 @@ from types import TracebackType
 from flask import Flask
 from sqlalchemy import update
 
+from .. import tasks
 from ..extensions import db
 from ..models import SyncRun, utcnow
 from ..scope import user_scope
@@ -92,8 +93,6 @@ class RunHeartbeat:
 
 def requeue_run(run_id: int, user_id: int) -> SyncRun | None:
     """Put a running run back in the queue (its worker is stopping) and send it there again."""
-    from .. import tasks
-
     moved = changed(
         update(SyncRun)
         .where(SyncRun.id == run_id, SyncRun.user_id == user_id, SyncRun.status == "running")

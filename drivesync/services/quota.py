@@ -20,6 +20,7 @@ from flask import current_app
 from sqlalchemy import func
 
 from ..extensions import db
+from ..formats import humansize
 from ..models import File
 from .errors import ServiceError
 
@@ -35,9 +36,7 @@ class QuotaExceeded(ServiceError):
 
 
 def _human(n: int) -> str:
-    from ..web import humansize  # the template filter, so pages and messages agree
-
-    return humansize(n)
+    return humansize(n)  # the template filter too, so pages and messages agree
 
 
 @dataclass(frozen=True)

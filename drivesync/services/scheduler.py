@@ -39,12 +39,14 @@ from typing import Any
 from flask import Flask, current_app
 from sqlalchemy import bindparam, func, text, update
 
+from .. import tasks
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..models import File, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
 from . import autosync, failures, notices, runs, sync
 from .errors import Conflict, NotFound, ServiceError
+from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
 
 logger = logging.getLogger(__name__)
@@ -175,8 +177,6 @@ def check_remote_changes(user_id: int) -> None:
 
 def _recover_runs(user_id: int, now: datetime) -> None:
     """Queue again the user's runs whose message or worker is gone; close hopeless ones."""
-    from .. import tasks
-
     cut = cutoffs(now)
     runs = list(
         db.session.execute(
@@ -342,8 +342,6 @@ def _room_on_drive(user_id: int) -> int | None:
 
 def _keep_alive(user_id: int, integration: Integration, now: datetime) -> None:
     """Refresh the tokens of a connection unused for ``TOKEN_KEEPALIVE_DAYS`` (best effort)."""
-    from .integrations import TokenProvider
-
     cut = cutoffs(now)
     updated = db.session.execute(
         db.select(OAuthToken.updated_at).where(OAuthToken.integration_id == integration.id)

@@ -14,8 +14,8 @@ from flask import Blueprint, current_app, g, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from ..formats import humansize
 from ..services.errors import ServiceError
-from ..web import humansize
 from .htmx import is_htmx, message_response
 
 logger = logging.getLogger(__name__)
