@@ -20,6 +20,4 @@ app = create_app(
         "UPLOAD_FRAGMENT_MB": 5,
     }
 )
-if "celery" not in app.extensions:  # until create_app calls tasks.init_app itself
-    tasks.init_app(app)
-celery_app = app.extensions["celery"]
+celery_app = app.extensions["celery"]  # create_app wired the job bodies (tasks.init_app)
