@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from drivesync import create_app, tasks
+from drivesync import create_app
 from tests.emulator_drive import drive_factory
 
 app = create_app(
