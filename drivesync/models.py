@@ -53,6 +53,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value
 
 
+def _percent(finished: bool, bytes_done: int, bytes_total: int, done: int, total: int) -> int:
+    """Return progress from 0 to 100: by bytes, by items when there are no bytes; 100 once ended."""
+    if finished:
+        return 100
+    if bytes_total:
+        return min(100, int(bytes_done * 100 / bytes_total))
+    return int(done * 100 / total) if total else 0
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -256,11 +265,7 @@ class SyncRun(Model):
     @property
     def percent(self) -> int:
         """Return overall progress by bytes (by files when the run has no bytes), 0 to 100."""
-        if self.finished:
-            return 100
-        if self.bytes_total:
-            return min(100, int(self.bytes_done * 100 / self.bytes_total))
-        return int(self.done * 100 / self.total) if self.total else 0
+        return _percent(self.finished, self.bytes_done, self.bytes_total, self.done, self.total)
 
     def __repr__(self) -> str:
         return f"<SyncRun {self.id} {self.status} {self.done}/{self.total}>"
@@ -379,11 +384,9 @@ class ExportJob(Model):
     @property
     def percent(self) -> int:
         """Return progress by bytes (by files when there are no bytes), 0 to 100."""
-        if self.finished:
-            return 100
-        if self.bytes_total:
-            return min(100, int(self.bytes_done * 100 / self.bytes_total))
-        return int(self.files_done * 100 / self.files_total) if self.files_total else 0
+        return _percent(
+            self.finished, self.bytes_done, self.bytes_total, self.files_done, self.files_total
+        )
 
     def __repr__(self) -> str:
         return f"<ExportJob {self.id} {self.status}>"
