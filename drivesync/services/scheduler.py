@@ -52,6 +52,12 @@ from .transfer import changed, recover_stale_claims
 logger = logging.getLogger(__name__)
 
 MAX_REQUEUES = 3
+INTERRUPTED_AUTO = (
+    "The sync was interrupted several times; the files left are tried again automatically."
+)
+INTERRUPTED_MANUAL = (
+    "The sync was interrupted several times; press Sync All to send the files left."
+)
 KEEPALIVE_RETRY = timedelta(hours=1)  # after a failed keep-alive refresh, wait this long
 
 # Users with due work. Frozen copy in migration c3a9d5e7f1b2 (drivesync_due_users): change both,
@@ -201,16 +207,19 @@ def _recover_runs(user_id: int, now: datetime) -> None:
             SyncRun.id == run_id, SyncRun.user_id == user_id, SyncRun.status == status
         )
         if requeues >= MAX_REQUEUES:
+            # The files it left behind go to the next automatic sync, if automatic sync can
+            # take them (on, not paused, connected); otherwise the user must press Sync All.
+            automatic = autosync.mark_due(user_id, now)
             moved = changed(
                 stmt.values(
                     status="failed",
                     finished_at=now,
-                    error="The sync was interrupted several times; the files left are tried "
-                    "again automatically.",
+                    error=INTERRUPTED_AUTO if automatic else INTERRUPTED_MANUAL,
                 )
             )
-            if moved:
-                autosync.mark_due(user_id, now)  # the files it left behind
+            if not moved:
+                db.session.rollback()  # someone else finished it: nothing is left behind
+                continue
             db.session.commit()
             logger.warning("scheduler: run %s of user %s given up after %d requeues",
                            run_id, user_id, requeues)  # fmt: skip

@@ -199,6 +199,8 @@ def test_a_run_that_keeps_dying_is_closed(
     db.session.expire_all()
     run = db.session.get(SyncRun, run.id)
     assert run is not None and run.status == "failed" and "interrupted" in (run.error or "")
+    # Automatic sync is off for this user: the page must not promise an automatic retry.
+    assert run.error == scheduler.INTERRUPTED_MANUAL
 
 
 # -- keep-alive ------------------------------------------------------------------------------------
