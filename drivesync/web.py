@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import secrets
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from wtforms.validators import ValidationError as WTFValidationError
 
-from .formats import humansize
+from .formats import humansize, isotime, reltime, until
 from .scope import reset_scope, set_scope
 from .services import quota
 from .services.library import sync_fix
@@ -231,25 +230,6 @@ def _discard_incoming(exc: BaseException | None) -> None:
             incoming.path.unlink(missing_ok=True)
 
 
-def reltime(when: datetime | None) -> str:
-    """Return a time as '3 minutes ago'."""
-    if when is None:
-        return "never"
-    seconds = int((datetime.now(UTC) - when).total_seconds())
-    if seconds < 45:
-        return "just now"
-    for span, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
-        if seconds >= span:
-            n = round(seconds / span)
-            return f"{n} {unit}{'s' if n != 1 else ''} ago"
-    return "just now"
-
-
-def isotime(when: datetime | None) -> str:
-    """Return a time as an exact UTC string for a tooltip."""
-    return when.strftime("%Y-%m-%d %H:%M:%S UTC") if when else ""
-
-
 class BoundedIntConverter(IntegerConverter):
     """``<int:…>`` that matches only ids a database integer can hold (probe L8: a 30-digit id
     overflowed SQLite and PostgreSQL with a 500; now it is simply not found)."""
@@ -293,6 +273,7 @@ def configure(app: Flask) -> None:
     app.jinja_env.filters["humansize"] = humansize
     app.jinja_env.filters["reltime"] = reltime
     app.jinja_env.filters["isotime"] = isotime
+    app.jinja_env.filters["until"] = until
     app.jinja_env.globals["sync_fix"] = sync_fix  # a failed file's way out: rename, replace, retry
     app.context_processor(
         lambda: {

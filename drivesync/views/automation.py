@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Flask, flash, request, url_for
@@ -10,7 +9,6 @@ from flask_login import current_user, login_required
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..extensions import db
-from ..models import utcnow
 from ..services import autosync, notices
 from .htmx import redirect_to
 
@@ -49,19 +47,6 @@ def resume() -> Any:
     return _back("Automatic syncing resumed.")
 
 
-def until(when: datetime | None) -> str:
-    """Return a future time as "in 7 min" (the failed-file lines' next try)."""
-    if when is None:
-        return ""
-    seconds = (when - utcnow()).total_seconds()
-    if seconds < 60:
-        return "in less than a minute"
-    if seconds < 3600:
-        return f"in {int(seconds // 60)} min"
-    hours = seconds / 3600
-    return f"in {hours:.0f} h" if hours >= 10 else f"in {hours:.1f} h".replace(".0 h", " h")
-
-
 def _sync_notice() -> notices.Notice | None:
     """Return the signed-in user's failure banner (called by base.html only, so partials
     rendered for htmx never pay for the query)."""
@@ -75,6 +60,5 @@ def _sync_notice() -> notices.Notice | None:
 
 
 def init_app(app: Flask) -> None:
-    """Give templates the banner and the "in 7 min" filter."""
+    """Give templates the failure banner."""
     app.context_processor(lambda: {"sync_notice": _sync_notice})
-    app.jinja_env.filters["until"] = until
