@@ -24,7 +24,23 @@ from sqlalchemy.types import TypeDecorator
 
 from .extensions import Model
 
-SYNC_STATUSES = ("not_synced", "syncing", "synced", "error", "conflict")
+SYNC_STATUSES = (
+    "not_synced",
+    "syncing",
+    "synced",
+    "error",
+    "conflict",
+    # Changes made in OneDrive (services/changes.py, issue 11): a newer version there, the item
+    # deleted (or moved out of the sync folder) there, and the user's "keep only in the library".
+    "remote_changed",
+    "remote_deleted",
+    "local_only",
+)
+# What a remote deletion does to a synced file: ask, upload it again, keep it only in the library.
+REMOTE_POLICIES = ("ask", "upload", "keep")
+IMPORT_STATUSES = ("queued", "running", "done", "failed")
+# An import makes a new library file, or a new version of a file that tracks the item.
+IMPORT_KINDS = ("new", "version")
 INTEGRATION_STATUSES = ("active", "needs_reauth")
 RUN_STATUSES = ("queued", "running", "done", "failed", "stopped")
 # Why a file failed (services/failures.py): retried on a schedule, never, or when the user acts.
@@ -88,7 +104,9 @@ class Integration(Model):
         UniqueConstraint("user_id", "provider", name="uq_integrations_user_provider"),
         CheckConstraint(_in("status", INTEGRATION_STATUSES), name="status"),
         CheckConstraint("provider IN ('onedrive')", name="provider"),
+        CheckConstraint(_in("remote_policy", REMOTE_POLICIES), name="remote_policy"),
         Index("idx_integrations_autosync_due", "autosync_due_at"),
+        Index("idx_integrations_delta_due", "delta_due_at"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -117,6 +135,18 @@ class Integration(Model):
     # The current failure episode (services/notices.py): when it began, when it was notified.
     notice_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
     notice_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Change detection on OneDrive (services/changes.py): the delta cursor of the sync folder,
+    # when it was last checked (successfully), when the next check is due (NULL: none is
+    # scheduled; connecting schedules the first), the last check's failure and how many in a
+    # row, and the files in the folder that no library file tracks ("3 new files in your
+    # OneDrive folder").
+    delta_link: Mapped[str | None] = mapped_column(Text, deferred=True)
+    delta_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delta_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    delta_error: Mapped[str | None] = mapped_column(String(500))
+    delta_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    remote_new_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    remote_policy: Mapped[str] = mapped_column(String(16), default="ask", server_default="ask")
 
     token: Mapped[OAuthToken | None] = relationship(
         back_populates="integration", cascade="all, delete-orphan", uselist=False, lazy="select"
@@ -390,3 +420,150 @@ class ExportJob(Model):
 
     def __repr__(self) -> str:
         return f"<ExportJob {self.id} {self.status}>"
+
+
+# --- OneDrive's side (issue 11): the folder's mirror, delta staging, subscriptions, imports ---
+
+
+class RemoteItem(Model):
+    """One item of the user's OneDrive sync folder as the last complete delta left it.
+
+    Tracked by id (delta items carry no path): renames and moves are followed by ``parent_id``
+    and ``name``. A library file tracks an item through ``files.onedrive_id``.
+    """
+
+    __tablename__ = "remote_items"
+    __table_args__ = (
+        UniqueConstraint("integration_id", "item_id", name="uq_remote_items_integration_item"),
+        Index("idx_remote_items_user", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    integration_id: Mapped[int] = mapped_column(ForeignKey("integrations.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(128))
+    parent_id: Mapped[str | None] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    is_folder: Mapped[bool] = mapped_column(Boolean, default=False)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    etag: Mapped[str | None] = mapped_column(String(255))
+    ctag: Mapped[str | None] = mapped_column(String(255))
+    quick_xor_hash: Mapped[str | None] = mapped_column(String(40))
+    modified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<RemoteItem {self.item_id}>"
+
+
+class RemoteItemChange(Model):
+    """A delta page's item, staged until the last page arrives (one row per item: last wins).
+
+    A check applies the staged rows in one transaction after the ``@odata.deltaLink``; a
+    check that fails part-way deletes them, so a partial listing changes nothing.
+    """
+
+    __tablename__ = "remote_item_changes"
+    __table_args__ = (
+        UniqueConstraint(
+            "integration_id", "item_id", name="uq_remote_item_changes_integration_item"
+        ),
+        Index("idx_remote_item_changes_user", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    integration_id: Mapped[int] = mapped_column(ForeignKey("integrations.id", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(Integer, default=0)  # order of arrival
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    parent_id: Mapped[str | None] = mapped_column(String(128))
+    name: Mapped[str | None] = mapped_column(String(255))
+    is_folder: Mapped[bool] = mapped_column(Boolean, default=False)
+    size: Mapped[int] = mapped_column(BigInteger, default=0)
+    etag: Mapped[str | None] = mapped_column(String(255))
+    ctag: Mapped[str | None] = mapped_column(String(255))
+    quick_xor_hash: Mapped[str | None] = mapped_column(String(40))
+    modified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    def __repr__(self) -> str:
+        return f"<RemoteItemChange {self.item_id}>"
+
+
+class GraphSubscription(Model):
+    """A Microsoft Graph change-notification subscription on the user's drive.
+
+    ``client_state_encrypted`` is the vault's ciphertext of the random ``clientState`` that
+    every notification must carry; ``renew_at`` is when the scheduler renews it (ahead of
+    ``expires_at``). Notifications find their row by ``subscription_id`` through the
+    ``drivesync_subscription_owner`` function on PostgreSQL (RLS: no user is signed in).
+    """
+
+    __tablename__ = "graph_subscriptions"
+    __table_args__ = (
+        Index("idx_graph_subscriptions_renew", "renew_at"),
+        Index("idx_graph_subscriptions_user", "user_id"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    integration_id: Mapped[int] = mapped_column(
+        ForeignKey("integrations.id", ondelete="CASCADE"), unique=True
+    )
+    subscription_id: Mapped[str] = mapped_column(String(128), unique=True)
+    resource: Mapped[str] = mapped_column(String(400))
+    notification_url: Mapped[str] = mapped_column(String(2048))
+    client_state_encrypted: Mapped[str] = mapped_column(Text, deferred=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    renew_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    error: Mapped[str | None] = mapped_column(String(500))
+
+    def __repr__(self) -> str:
+        # Never the client state, not even encrypted.
+        return f"<GraphSubscription {self.id} user={self.user_id}>"
+
+
+class ImportJob(Model):
+    """A background import of a OneDrive file: a new library file, or a new version of one."""
+
+    __tablename__ = "import_jobs"
+    __table_args__ = (
+        CheckConstraint(_in("status", IMPORT_STATUSES), name="status"),
+        CheckConstraint(_in("kind", IMPORT_KINDS), name="kind"),
+        Index("idx_import_jobs_user_status", "user_id", "status"),
+        Index("idx_import_jobs_status", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16), default="new")
+    item_id: Mapped[str] = mapped_column(String(128))
+    # "version": the library file that gets OneDrive's version; "new": the file made, once done.
+    file_id: Mapped[int | None] = mapped_column(ForeignKey("files.id", ondelete="SET NULL"))
+    name: Mapped[str] = mapped_column(String(255), default="")
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+    @property
+    def finished(self) -> bool:
+        """Return whether the import has ended, well or badly."""
+        return self.status in {"done", "failed"}
+
+    @property
+    def percent(self) -> int:
+        """Return progress by bytes, 0 to 100."""
+        return _percent(self.finished, self.bytes_done, self.bytes_total, 0, 0)
+
+    def __repr__(self) -> str:
+        return f"<ImportJob {self.id} {self.kind} {self.status}>"

@@ -24,7 +24,7 @@ restart loses nothing: the next tick finds the work again. Where ticks come from
 - embedded default: :func:`start_in_process`, a daemon thread started by ``app.py`` only.
 
 Row-level security: the scheduler has no signed-in user. On PostgreSQL the one cross-user query
-runs inside ``drivesync_due_users()``, a ``SECURITY DEFINER`` function (migration c3a9d5e7f1b2)
+runs inside ``drivesync_due_users()``, a ``SECURITY DEFINER`` function (migration e4f2a1c9d7b3)
 that returns user ids only; everything else runs inside ``user_scope(user_id)`` as the app role.
 """
 
@@ -60,7 +60,7 @@ INTERRUPTED_MANUAL = (
 )
 KEEPALIVE_RETRY = timedelta(hours=1)  # after a failed keep-alive refresh, wait this long
 
-# Users with due work. Frozen copy in migration c3a9d5e7f1b2 (drivesync_due_users): change both,
+# Users with due work. Frozen copy in migration e4f2a1c9d7b3 (drivesync_due_users): change both,
 # in a new migration, together. Every branch is served by an index (see the migration).
 DUE_USERS_SQL = """
 SELECT i.user_id FROM integrations i
@@ -93,6 +93,16 @@ UNION
 SELECT f.owner_id FROM files f JOIN integrations i ON i.user_id = f.owner_id
  WHERE f.failing_since < :notice AND f.onedrive_sync_status = 'error'
    AND i.notice_sent_at IS NULL
+UNION
+SELECT i.user_id FROM integrations i
+ WHERE i.delta_due_at <= :now
+   AND i.status = 'active' AND i.paused_at IS NULL
+UNION
+SELECT s.user_id FROM graph_subscriptions s WHERE s.renew_at <= :now
+UNION
+SELECT j.user_id FROM import_jobs j
+ WHERE (j.status = 'queued' AND COALESCE(j.enqueued_at, j.created_at) < :requeue)
+    OR (j.status = 'running' AND COALESCE(j.heartbeat_at, j.started_at, j.created_at) < :stale)
 """
 _PARAMS = ("now", "stale", "requeue", "keepalive", "keepalive_retry", "notice")
 
