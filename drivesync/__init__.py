@@ -13,7 +13,7 @@ from . import mail, observability, scope, tasks, web
 from .cli import register_cli
 from .config import load_config, validate_config
 from .extensions import csrf, db, limiter, login_manager, migrate
-from .services import autosync, export, liveness, runs, scheduler
+from .services import autosync, export, imports, liveness, runs, scheduler
 from .views import register_blueprints
 
 __all__ = ["create_app"]
@@ -59,6 +59,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
         jobs={
             tasks.EXECUTE_RUN: _late(runs, "execute_run"),
             tasks.BUILD_EXPORT: _late(export, "build_export"),
+            tasks.IMPORT: _late(imports, "run_import"),
             tasks.TICK: _late(scheduler, "tick"),
             tasks.WAKE_USER: _late(scheduler, "wake_user"),
         },

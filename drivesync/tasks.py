@@ -12,10 +12,11 @@
 
 Jobs receive ids only; ``services/runs.py`` is safe to run twice, which ``acks_late`` relies on.
 This module knows nothing of the services: it runs a job *by name* on the configured backend.
-The job bodies (execute a run, tick, wake a user, build an export) are handed to ``init_app`` by
-the app factory (``create_app``), which is also what registers them as Celery tasks under the
-same names. So any service may import this module at its top and enqueue (``enqueue_run``,
-``enqueue_export``, ``wake_user``), and nothing here imports a service: no import cycle.
+The job bodies (execute a run, tick, wake a user, build an export, import from OneDrive) are
+handed to ``init_app`` by the app factory (``create_app``), which is also what registers them as
+Celery tasks under the same names. So any service may import this module at its top and enqueue
+(``enqueue_run``, ``enqueue_export``, ``enqueue_import``, ``wake_user``), and nothing here
+imports a service: no import cycle.
 
 Scheduling (services/scheduler.py): ``drivesync.tick`` runs one reconcile; Celery beat sends it
 every ``SCHEDULER_INTERVAL_SECONDS`` (``celery -A wsgi.celery_app beat``, one process), and a
@@ -57,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 EXECUTE_RUN = "drivesync.execute_run"
 BUILD_EXPORT = "drivesync.build_export"
+IMPORT = "drivesync.import_item"
 TICK = "drivesync.tick"
 WAKE_USER = "drivesync.wake_user"
 TICK_LOCK = "drivesync:scheduler-tick"
@@ -64,7 +66,7 @@ VISIBILITY_TIMEOUT = 6 * 3600  # seconds; see the module docstring
 BACKENDS = ("thread", "celery", "eager")
 _EXTENSION = "drivesync.tasks"
 _WIRING = "drivesync.tasks.wiring"
-JOB_NAMES = (EXECUTE_RUN, BUILD_EXPORT, TICK, WAKE_USER)
+JOB_NAMES = (EXECUTE_RUN, BUILD_EXPORT, IMPORT, TICK, WAKE_USER)
 
 _inline: ContextVar[bool] = ContextVar("drivesync_tasks_inline", default=False)
 _pool_lock = threading.Lock()
@@ -146,6 +148,7 @@ def celery_init_app(app: Flask) -> Celery:
     # shared=False: a shared task would be attached to every Celery app created later too.
     celery_app.task(name=EXECUTE_RUN, ignore_result=True, shared=False)(run_job)
     celery_app.task(name=BUILD_EXPORT, ignore_result=True, shared=False)(export_job)
+    celery_app.task(name=IMPORT, ignore_result=True, shared=False)(import_job)
     celery_app.task(name=TICK, ignore_result=True, shared=False)(run_tick)
     celery_app.task(name=WAKE_USER, ignore_result=True, shared=False)(wake_job)
     on_shutdown = _wiring(app).on_shutdown
@@ -305,3 +308,31 @@ def enqueue_export(job_id: int, user_id: int) -> Future[None] | None:
         celery_app.send_task(BUILD_EXPORT, args=[job_id, user_id])
         return None
     return _executor(app).submit(carry(_thread_export), app, job_id, user_id)
+
+
+def import_job(job_id: int, user_id: int) -> None:
+    """Run one import from OneDrive (inside an app context); safe to run twice."""
+    _job(IMPORT)(job_id, user_id)
+
+
+def _thread_import(app: Flask, job_id: int, user_id: int) -> None:
+    with app.app_context():
+        try:
+            import_job(job_id, user_id)
+        except Exception:
+            logger.exception("background import %s failed", job_id)
+            raise
+
+
+def enqueue_import(job_id: int, user_id: int) -> Future[None] | None:
+    """Hand an import job to the configured backend, like ``enqueue_run``."""
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    kind = backend(app)
+    if kind == "eager":
+        import_job(job_id, user_id)
+        return None
+    if kind == "celery":
+        celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
+        celery_app.send_task(IMPORT, args=[job_id, user_id])
+        return None
+    return _executor(app).submit(carry(_thread_import), app, job_id, user_id)

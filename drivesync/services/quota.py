@@ -127,8 +127,10 @@ def check_incoming(user_id: int, size: int | None, replacing_file_id: int | None
     return Meter(left)
 
 
-def check_import(user_id: int, size: int | None) -> Meter:
+def check_import(user_id: int, size: int | None, replacing_file_id: int | None = None) -> Meter:
     """Refuse an import larger than the upload limit or the quota; return a meter for it.
+
+    ``replacing_file_id``: the import is a new version of that file (its bytes count as free).
 
     The meter enforces the smaller of both while the download streams, because the size
     OneDrive reports may not match the body it sends.
@@ -141,7 +143,7 @@ def check_import(user_id: int, size: int | None) -> Meter:
     too_big.status = 413
     if size is not None and size > max_upload:
         raise too_big
-    meter = check_incoming(user_id, size)
+    meter = check_incoming(user_id, size, replacing_file_id)
     if meter.limit is None or meter.limit >= max_upload:
         return Meter(max_upload, too_big)
     return meter

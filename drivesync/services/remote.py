@@ -1,21 +1,18 @@
-"""Browse the user's OneDrive folder and import a OneDrive file into the library (streamed)."""
+"""Browse the user's OneDrive folder (imports run as jobs: ``services/imports.py``)."""
 
 from __future__ import annotations
 
 import logging
 import unicodedata
 from dataclasses import dataclass
-from typing import IO, cast
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..graph.types import DriveItem
 from ..models import File
-from . import library, quota, sync
-from .errors import Conflict, NotFound, ServiceError
+from .errors import NotFound, ServiceError
 from .integrations import ReauthRequired, graph_client_for
-from .storage import LocalStorage
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +71,8 @@ def _linked_files(user_id: int, item_ids: list[str]) -> dict[str, tuple[int, str
     return {str(item_id): (file_id, name) for item_id, file_id, name in rows}
 
 
-def _graph_failure(exc: GraphError) -> ServiceError:
+def graph_failure(exc: GraphError) -> ServiceError:
+    """Return the service error that tells the user why OneDrive could not be reached."""
     if isinstance(exc, AuthError):
         return ReauthRequired()
     err = ServiceError(f"OneDrive could not be reached: {exc.human_message()}")
@@ -124,54 +122,10 @@ def browse(user_id: int, next_link: str | None = None) -> RemotePage:
             item_id=integration.folder_id, top=BROWSE_PAGE, next_link=next_link or None
         )
     except GraphError as exc:
-        raise _graph_failure(exc) from exc
+        raise graph_failure(exc) from exc
     linked = _linked_files(user_id, [str(i.get("id")) for i in items if "file" in i])
     return RemotePage(
         folder_path=integration.folder_path,
         entries=[_entry(i, linked) for i in items],
         next_link=nxt,
     )
-
-
-def import_item(user_id: int, item_id: str, storage: LocalStorage) -> File:
-    """Copy a OneDrive file of the user's target folder into their library, streamed to disk."""
-    client, integration = graph_client_for(user_id)
-    try:
-        item = client.get_item(item_id)
-    except GraphError as exc:
-        if exc.status in (400, 404):
-            raise NotFound("That OneDrive file does not exist.") from exc
-        raise _graph_failure(exc) from exc
-    parent = (item.get("parentReference") or {}).get("id")
-    if "file" not in item or parent != integration.folder_id:
-        # Only files of the folder we sync are importable: no walking the rest of the drive.
-        raise NotFound("That OneDrive file does not exist.")
-    linked = db.session.execute(
-        db.select(File.original_name).where(File.owner_id == user_id, File.onedrive_id == item_id)
-    ).scalar_one_or_none()
-    if linked is not None:
-        # Two library files tracking one OneDrive item would overwrite each other's versions.
-        raise Conflict(f"This OneDrive file is already in your library as {linked}.")
-    # Imports count toward the upload limit and the quota like uploads (probe finding M2).
-    size = item.get("size")
-    meter = quota.check_import(user_id, int(size) if isinstance(size, int) else None)
-    incoming = storage.new_incoming(meter.take)
-    try:
-        # IncomingFile is a write-only file object (write + close), all download() uses.
-        client.download(item_id, cast(IO[bytes], incoming))
-    except GraphError as exc:
-        storage.discard(incoming)
-        raise _graph_failure(exc) from exc
-    except BaseException:
-        storage.discard(incoming)
-        raise
-    f = library.add_file(
-        user_id, str(item.get("name", "imported")), incoming, storage, imported_item=item_id
-    )
-    remote_hash = ((item.get("file") or {}).get("hashes") or {}).get("quickXorHash")
-    if remote_hash and remote_hash == f.quick_xor_hash:
-        # It is OneDrive's copy byte for byte: track it as synced instead of uploading it back.
-        sync.link_to_item(user_id, f.id, item, f.content_hash)
-        db.session.refresh(f)
-    logger.info("user %s imported a OneDrive file into file %s", user_id, f.id)
-    return f

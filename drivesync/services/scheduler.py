@@ -7,7 +7,8 @@ then, per user and under ``user_scope``, :func:`reconcile_user`:
    ``not_synced``;
 2. recover runs: a ``queued`` run whose message was lost (Redis restarted, the process died) and a
    ``running`` run whose worker is gone are queued again (the run resumes where it stopped; runs
-   are safe to execute twice); after :data:`MAX_REQUEUES` it is closed as interrupted;
+   are safe to execute twice); after :data:`MAX_REQUEUES` it is closed as interrupted; import
+   jobs (``services/imports.py``) are recovered the same way;
 3. start due work in one run: the debounced automatic sync (``integrations.autosync_due_at``),
    transient failures whose ``next_attempt_at`` has come, and files that failed on a full drive
    once the quota shows room;
@@ -42,9 +43,9 @@ from sqlalchemy import bindparam, func, text, update
 from .. import tasks
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
-from ..models import File, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
+from ..models import File, ImportJob, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
-from . import autosync, failures, notices, runs, sync
+from . import autosync, failures, imports, notices, runs, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -160,6 +161,7 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
     now = now or utcnow()
     recover_stale_claims(user_id)
     _recover_runs(user_id, now)
+    _recover_imports(user_id, now)
     integration = db.session.execute(
         db.select(Integration).where(Integration.user_id == user_id)
     ).scalar_one_or_none()
@@ -245,6 +247,59 @@ def _recover_runs(user_id: int, now: datetime) -> None:
                 tasks.enqueue_run(run_id, user_id)
             except Exception:  # the row says queued: the next tick tries again
                 logger.warning("scheduler: could not queue run %s again", run_id)
+
+
+def _recover_imports(user_id: int, now: datetime) -> None:
+    """Queue again the user's imports whose message or worker is gone; close hopeless ones.
+
+    The same rule as runs: queued and not enqueued for ``RUN_REQUEUE_SECONDS``, or running
+    with a heartbeat older than ``SYNC_STALE_SECONDS`` (``imports.run_import`` is safe to run
+    twice, and a run that lost its claim keeps nothing).
+    """
+    cut = cutoffs(now)
+    jobs = list(
+        db.session.execute(
+            db.select(ImportJob.id, ImportJob.status, ImportJob.requeues).where(
+                ImportJob.user_id == user_id,
+                (
+                    (ImportJob.status == "queued")
+                    & (func.coalesce(ImportJob.enqueued_at, ImportJob.created_at) < cut["requeue"])
+                )
+                | (
+                    (ImportJob.status == "running")
+                    & (
+                        func.coalesce(
+                            ImportJob.heartbeat_at, ImportJob.started_at, ImportJob.created_at
+                        )
+                        < cut["stale"]
+                    )
+                ),
+            )
+        )
+    )
+    for job_id, status, requeues in jobs:
+        stmt = (
+            update(ImportJob)
+            .where(ImportJob.id == job_id, ImportJob.user_id == user_id, ImportJob.status == status)
+            .execution_options(synchronize_session=False)
+        )
+        if requeues >= MAX_REQUEUES:
+            changed(stmt.values(status="failed", finished_at=now, error=imports.INTERRUPTED))
+            db.session.commit()
+            logger.warning("scheduler: import %s of user %s given up after %d requeues",
+                           job_id, user_id, requeues)  # fmt: skip
+            continue
+        moved = changed(
+            stmt.values(status="queued", enqueued_at=now, requeues=ImportJob.requeues + 1)
+        )
+        db.session.commit()
+        if moved:
+            logger.warning("scheduler: import %s of user %s was %s with nobody on it; queued again",
+                           job_id, user_id, status)  # fmt: skip
+            try:
+                tasks.enqueue_import(job_id, user_id)
+            except Exception:  # the row says queued: the next tick tries again
+                logger.warning("scheduler: could not queue import %s again", job_id)
 
 
 # -- due work --------------------------------------------------------------------------------------

@@ -22,11 +22,10 @@ from flask import (
 from flask_login import current_user, login_required
 
 from ..graph.errors import GraphError
-from ..services import integrations, overview, remote
+from ..services import imports, integrations, overview, remote
 from ..services import sync as sync_service
 from ..services.errors import Conflict, ServiceError
 from ..vault import VaultError
-from ..web import storage
 from .errors import error_response
 from .htmx import is_htmx, redirect_to, vary_on_htmx
 
@@ -216,15 +215,21 @@ def browse() -> Any:
     return vary_on_htmx(current_app.make_response(render_template(template, page=page)))
 
 
+def _import_answer(job: Any) -> Any:
+    """Render an import's progress: the row's partial for htmx, a full page otherwise."""
+    template = "onedrive/_import_status.html" if is_htmx() else "onedrive/import.html"
+    return vary_on_htmx(current_app.make_response(render_template(template, job=job)))
+
+
 @bp.post("/import")
 @login_required
 def import_file() -> Any:
-    """Copy a OneDrive file into the library."""
+    """Start importing a OneDrive file into the library (a background job with progress)."""
     item_id = request.form.get("item_id", "")
     if not item_id or len(item_id) > 256:
         abort(400, "Choose a OneDrive file to import.")
     try:
-        f = remote.import_item(current_user.id, item_id, storage())
+        job = imports.start_import(current_user.id, item_id)
     except (integrations.NotConnected, integrations.ReauthRequired) as exc:
         return _back_to_settings(exc.message)
     except Conflict as exc:
@@ -232,5 +237,24 @@ def import_file() -> Any:
             raise  # refused() shows it in the flash area
         flash(exc.message, "error")
         return redirect(url_for("onedrive.browse"), code=303)
-    flash(f"Imported {f.original_name} into your library.", "success")
-    return redirect_to(url_for("library.index"))
+    if is_htmx():
+        return _import_answer(job)
+    return redirect(url_for("onedrive.import_status", job_id=job.id), code=303)
+
+
+@bp.get("/imports/<int:job_id>")
+@login_required
+def import_status(job_id: int) -> Any:
+    """Show an import's progress; the partial polls itself while the job is active."""
+    return _import_answer(imports.job_status(current_user.id, job_id))
+
+
+@bp.post("/files/<int:file_id>/import-version")
+@login_required
+def import_version(file_id: int) -> Any:
+    """Import OneDrive's newer version of a file (a background job)."""
+    try:
+        imports.start_version_import(current_user.id, file_id)
+    except (integrations.NotConnected, integrations.ReauthRequired) as exc:
+        return _back_to_settings(exc.message)
+    return _after_action()
