@@ -340,7 +340,6 @@ def _run(run: _Run, job: ImportJob) -> None:
     try:
         # IncomingFile is a write-only file object (write + close), all download() uses.
         client.download(job.item_id, cast(IO[bytes], incoming), on_progress=run.progress)
-        incoming.close()
         if remote and incoming.quick_xor_hash != remote:
             logger.warning("import %s of user %s: quickXorHash mismatch", job.id, user_id)
             raise ServiceError(HASH_MISMATCH)
