@@ -14,7 +14,7 @@ with the library's), no file is left ``syncing``/``error``/``not_synced``, and n
 was needed. Run it (needs PostgreSQL on 127.0.0.1:5432 as set up by ``bin/services``, and
 ``redis-server``)::
 
-    .venv/bin/python bench/soak.py                  # 3 users x 16 files in 8 waves (8 of 12 MiB)
+    .venv/bin/python bench/soak.py                  # 3 users x 16 files in 8 waves (24 of 12 MiB)
     .venv/bin/python bench/soak.py --users 2 --files 8 --big-mib 6 --timeout 300
 
 It prints a timeline and a verdict, and exits non-zero when a file is missing, damaged,
@@ -276,14 +276,15 @@ def states(db_name: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in rows}
 
 
-def wait_until_sending(db_name: str, timeout: float) -> None:
-    """Wait until some file has bytes on the wire (a transfer is under way)."""
+def wait_until_sending(db_name: str, names: list[str], timeout: float) -> None:
+    """Wait until one of the files called ``names`` has bytes on the wire."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with psycopg.connect(f"postgresql://postgres@{PG}/{db_name}") as conn:
             row = conn.execute(
                 "SELECT count(*) FROM files WHERE onedrive_sync_status = 'syncing'"
-                " AND bytes_sent > 0"
+                " AND bytes_sent > 0 AND original_name = ANY(%s)",
+                (names,),
             ).fetchone()
         if row and row[0]:
             return
@@ -346,16 +347,18 @@ def main() -> int:
         per_wave = max(1, args.files // len(waves))
         total = 0
         for number, (name, inject) in enumerate(waves):
+            names: list[str] = []
             for i, s in enumerate(sessions):
                 files = make_files(per_wave, args.big, args.big_mib, i * 100 + number)
                 expected[s.ms_email].update({n: qxh(d) for n, d in files})  # type: ignore[attr-defined]
                 upload(topo, s, files)
+                names += [n for n, _ in files]
                 total += len(files)
             if name.startswith("Redis"):
                 topo.kill("redis")
                 topo.start("redis")
             else:
-                wait_until_sending(topo.db_name, timeout=20)
+                wait_until_sending(topo.db_name, names, timeout=60)
                 if inject is not None:
                     inject(topo, admin)
                 else:
