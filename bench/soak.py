@@ -277,13 +277,14 @@ def states(db_name: str) -> dict[str, int]:
 
 
 def wait_until_sending(db_name: str, names: list[str], timeout: float) -> None:
-    """Wait until one of the files called ``names`` has bytes on the wire."""
+    """Wait until one of the files called ``names`` has bytes on the wire (or got there)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with psycopg.connect(f"postgresql://postgres@{PG}/{db_name}") as conn:
             row = conn.execute(
-                "SELECT count(*) FROM files WHERE onedrive_sync_status = 'syncing'"
-                " AND bytes_sent > 0 AND original_name = ANY(%s)",
+                "SELECT count(*) FROM files WHERE original_name = ANY(%s) AND ("
+                "(onedrive_sync_status = 'syncing' AND bytes_sent > 0)"
+                " OR onedrive_sync_status IN ('synced', 'error'))",
                 (names,),
             ).fetchone()
         if row and row[0]:
