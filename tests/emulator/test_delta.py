@@ -341,3 +341,22 @@ def test_bad_top_is_400(env: Env, http: requests.Session) -> None:
     for top in ("0", "1000", "x"):
         resp = http.get(f"{env.graph}/me/drive/root/delta?$top={top}", timeout=5)
         assert_graph_error(resp, 400, "invalidRequest")
+
+
+def test_graph_patch_and_delete_with_a_minted_token_show_in_delta(
+    env: Env, http: requests.Session
+) -> None:
+    a = env.admin.modify_item(ALEX, "Sync/a.txt", b"a")
+    b = env.admin.modify_item(ALEX, "Sync/b.txt", b"b")
+    outside = env.admin.modify_item(ALEX, "Outside/x.txt", b"x")
+    _, link, _ = drain(http, f"{env.graph}/me/drive/root:/Sync:/delta")
+    parent = entry(env, "/Outside")["id"]
+    moved = http.patch(
+        f"{env.graph}/me/drive/items/{a['id']}", json={"parentReference": {"id": parent}}, timeout=5
+    )
+    assert moved.status_code == 200 and moved.json()["cTag"] == a["cTag"]
+    assert http.delete(f"{env.graph}/me/drive/items/{b['id']}", timeout=5).status_code == 204
+    http.patch(f"{env.graph}/me/drive/items/{outside['id']}", json={"name": "y.txt"}, timeout=5)
+    changes = by_id(drain(http, link)[0])
+    assert "deleted" in changes[a["id"]] and "deleted" in changes[b["id"]]
+    assert outside["id"] not in changes
