@@ -223,3 +223,39 @@ def test_version_import_of_another_users_file_is_not_found(app, alice, make_user
     fid = make_file(bob, "b.txt", b"b")
     with app.app_context(), user_scope(alice), pytest.raises(NotFound):
         imports.start_version_import(alice, fid)
+
+
+def test_progress_is_recorded_in_steps_not_per_chunk(app, alice, emu, monkeypatch):
+    """bytes_done is written every PROGRESS_EVERY bytes (or heartbeat interval), not per chunk."""
+    item = emu.modify_item(ALEX, "/drivesync/a.txt", b"abc")
+    writes: list[int] = []
+    with app.app_context(), user_scope(alice):
+        monkeypatch.setattr(tasks, "enqueue_import", lambda *a: None)
+        job_id = imports.start_import(alice, item["id"]).id
+        got = imports._claim(job_id, alice)
+        assert got is not None
+        run, _ = got
+        monkeypatch.setattr(run, "touch", lambda **v: writes.append(v["bytes_done"]))
+        chunk = 1024 * 1024
+        for n in range(1, 21):
+            run.progress(n * chunk, 20 * chunk)
+    assert writes == [4 * chunk, 8 * chunk, 12 * chunk, 16 * chunk, 20 * chunk]
+
+
+def test_a_run_that_lost_its_claim_keeps_nothing(app, alice, emu, held):
+    """A newer run (after recovery) owns the job: the older one's writes are refused."""
+    item = emu.modify_item(ALEX, "/drivesync/a.txt", b"abc")
+    with app.app_context(), user_scope(alice):
+        job_id = imports.start_import(alice, item["id"]).id
+        got = imports._claim(job_id, alice)
+        assert got is not None
+        old, _ = got
+        db.session.execute(
+            db.update(ImportJob).where(ImportJob.id == job_id).values(status="queued")
+        )
+        db.session.commit()
+        imports.run_import(job_id, alice)  # the newer run finishes the job
+        with pytest.raises(imports._Lost):
+            old.touch(bytes_done=1)
+        assert old.finish("failed", error="x") is False
+    assert _job(app, alice, job_id).status == "done"
