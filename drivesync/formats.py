@@ -49,3 +49,58 @@ def until(when: datetime | None) -> str:
         return f"in {int(seconds // 60)} min"
     hours = seconds / 3600
     return f"in {hours:.0f} h" if hours >= 10 else f"in {hours:.1f} h".replace(".0 h", " h")
+
+
+# Every state a library file can be in: its badge and the one plain sentence the pages show.
+SYNC_STATES: dict[str, tuple[str, str]] = {
+    "not_synced": ("not synced", "Not in OneDrive yet."),
+    "syncing": ("syncing", "Being uploaded to OneDrive."),
+    "synced": ("synced", "In OneDrive."),
+    "error": ("failed", "The last upload to OneDrive failed."),
+    "conflict": ("conflict", "Changed both here and in OneDrive: choose which copy to keep."),
+    "remote_changed": ("newer in OneDrive", "OneDrive has a newer version."),
+    "remote_deleted": ("deleted in OneDrive", "Deleted in OneDrive."),
+    "local_only": ("library only", "Kept only in the library."),
+}
+
+
+def state_badge(status: str) -> str:
+    """Return the badge text of a file's OneDrive state."""
+    return SYNC_STATES.get(status, (status.replace("_", " "), ""))[0]
+
+
+def state_sentence(status: str) -> str:
+    """Return the plain sentence that says what a file's OneDrive state means."""
+    return SYNC_STATES.get(status, ("", ""))[1]
+
+
+def moved_in_onedrive(
+    name: str, onedrive_name: str | None, onedrive_path: str | None, folder_path: str | None
+) -> str:
+    """Return where a synced file is in OneDrive when that is not the library's name in the folder.
+
+    ``onedrive_path`` is the path the last sync or delta check recorded ("/drivesync/a.pdf"),
+    ``folder_path`` the sync folder ("drivesync"). Empty when OneDrive has it where expected.
+    """
+    if onedrive_path and folder_path is not None:
+        expected = "/" + "/".join(p for p in (folder_path.strip("/"), name) if p)
+        if onedrive_path != expected:
+            return onedrive_path
+        return ""
+    if onedrive_name and onedrive_name != name:
+        return onedrive_name
+    return ""
+
+
+def every(seconds: int | float | None) -> str:
+    """Return a polling interval as "every 15 minutes" ("every hour", "once a day")."""
+    if not seconds:
+        return ""
+    s = int(seconds)
+    if s >= 86400 and s % 86400 == 0:
+        return "once a day" if s == 86400 else f"every {s // 86400} days"
+    if s >= 3600 and s % 3600 == 0:
+        return "every hour" if s == 3600 else f"every {s // 3600} hours"
+    if s >= 60 and s % 60 == 0:
+        return "every minute" if s == 60 else f"every {s // 60} minutes"
+    return "every second" if s == 1 else f"every {s} seconds"

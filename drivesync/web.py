@@ -28,7 +28,16 @@ from werkzeug.routing import IntegerConverter
 from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDecoder, NeedData
 from wtforms.validators import ValidationError as WTFValidationError
 
-from .formats import humansize, isotime, reltime, until
+from .formats import (
+    every,
+    humansize,
+    isotime,
+    moved_in_onedrive,
+    reltime,
+    state_badge,
+    state_sentence,
+    until,
+)
 from .scope import reset_scope, set_scope
 from .services import quota
 from .services.library import sync_fix
@@ -274,6 +283,10 @@ def configure(app: Flask) -> None:
     app.jinja_env.filters["reltime"] = reltime
     app.jinja_env.filters["isotime"] = isotime
     app.jinja_env.filters["until"] = until
+    app.jinja_env.filters["every"] = every
+    app.jinja_env.filters["state_badge"] = state_badge
+    app.jinja_env.filters["state_sentence"] = state_sentence
+    app.jinja_env.globals["moved_in_onedrive"] = moved_in_onedrive
     app.jinja_env.globals["sync_fix"] = sync_fix  # a failed file's way out: rename, replace, retry
     app.context_processor(
         lambda: {

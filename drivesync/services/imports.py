@@ -209,6 +209,20 @@ def active_jobs(user_id: int) -> list[ImportJob]:
     )
 
 
+def versions_importing(user_id: int) -> set[int]:
+    """Return the ids of the user's files whose OneDrive version is being imported."""
+    return set(
+        db.session.execute(
+            db.select(ImportJob.file_id).where(
+                ImportJob.user_id == user_id,
+                ImportJob.kind == "version",
+                ImportJob.status.in_(ACTIVE),
+                ImportJob.file_id.is_not(None),
+            )
+        ).scalars()
+    )
+
+
 # -- the job ---------------------------------------------------------------------------------------
 
 

@@ -14,11 +14,19 @@ from sqlalchemy.engine import Row
 
 from ..extensions import db
 from ..models import File, Integration, SyncRun
-from . import sync
+from . import changes, imports, sync
 from .integrations import get_integration
 
 # Files the pending list shows, in the order a user wants to see them.
-LISTED = ("syncing", "error", "conflict", "not_synced")
+LISTED = (
+    "syncing",
+    "error",
+    "conflict",
+    "remote_changed",
+    "remote_deleted",
+    "not_synced",
+    "local_only",
+)
 # Only what the list shows, as plain rows: hydrating whole ORM objects costs more than the query.
 _LIST_COLUMNS = (
     File.id,
@@ -45,6 +53,8 @@ class Overview:
     skipped: int = 0
     pending: list[Row[Any]] = field(default_factory=list)
     run: SyncRun | None = None
+    importing: set[int] = field(default_factory=set)  # files whose OneDrive version is coming
+    remote: changes.RemoteStatus | None = None  # when and how OneDrive was last checked
 
     @property
     def pending_total(self) -> int:
@@ -133,4 +143,6 @@ def overview(user_id: int, list_limit: int = 100) -> Overview:
             )
         )
     result.run = sync.run_status(user_id)
+    result.importing = imports.versions_importing(user_id)
+    result.remote = changes.status(user_id)
     return result

@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, flash, render_template, request, send_
 from flask_login import current_user, login_required
 from werkzeug.datastructures import FileStorage
 
+from ..services import imports, integrations
 from ..services import library as library_service
 from ..services.errors import ValidationError
 from ..services.storage import IncomingFile
@@ -42,9 +43,16 @@ def index() -> Any:
         page=page,
         per_page=current_app.config["PAGE_SIZE"],
     )
+    integration = integrations.get_integration(current_user.id)
     template = "library/_table.html" if request.headers.get("HX-Target") == "library" else None
     response = current_app.make_response(
-        render_template(template or "library/index.html", listing=listing)
+        render_template(
+            template or "library/index.html",
+            listing=listing,
+            # Where OneDrive is expected to hold a file, for "in OneDrive as …".
+            folder_path=integration.folder_path if integration is not None else None,
+            importing=imports.versions_importing(current_user.id),
+        )
     )
     return vary_on_htmx(response)
 

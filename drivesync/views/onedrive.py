@@ -21,13 +21,16 @@ from flask import (
 )
 from flask_login import current_user, login_required
 
+from ..formats import state_sentence
 from ..graph.errors import GraphError
-from ..services import imports, integrations, overview, remote
+from ..models import REMOTE_POLICIES
+from ..services import changes, imports, integrations, overview, remote
+from ..services import library as library_service
 from ..services import sync as sync_service
 from ..services.errors import Conflict, ServiceError
 from ..vault import VaultError
 from .errors import error_response
-from .htmx import is_htmx, redirect_to, vary_on_htmx
+from .htmx import is_htmx, redirect_to, safe_next, vary_on_htmx
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +90,11 @@ def _back_to_settings(message: str) -> Any:
 @bp.get("/")
 @login_required
 def settings() -> Any:
-    """Show the connection card, status dashboard, pending files and how-it-works guide."""
+    """Show the connection card, status dashboard, pending files and how-it-works guide.
+
+    Opening the page asks for a check of OneDrive's changes (at most once a minute).
+    """
+    changes.request_check(current_user.id)
     return _page()
 
 
@@ -211,8 +218,15 @@ def browse() -> Any:
         page = remote.browse(current_user.id, request.args.get("next") or None)
     except (integrations.NotConnected, integrations.ReauthRequired) as exc:
         return _back_to_settings(exc.message)
+    untracked = [e.id for e in page.entries if not e.is_folder and e.library_file_id is None]
     template = "onedrive/_browse_rows.html" if is_htmx() else "onedrive/browse.html"
-    return vary_on_htmx(current_app.make_response(render_template(template, page=page)))
+    html = render_template(
+        template,
+        page=page,
+        new_ids=changes.untracked_item_ids(current_user.id, untracked),
+        jobs={j.item_id: j for j in imports.active_jobs(current_user.id) if j.kind == "new"},
+    )
+    return vary_on_htmx(current_app.make_response(html))
 
 
 def _import_answer(job: Any) -> Any:
@@ -249,12 +263,67 @@ def import_status(job_id: int) -> Any:
     return _import_answer(imports.job_status(current_user.id, job_id))
 
 
+def _after_file_action(file_id: int, message: str | None = None) -> Any:
+    """Answer a file's action: back to the library when it came from there, else the list."""
+    target = request.form.get("next")
+    if not target:
+        return _after_action()
+    f = library_service.get_file(current_user.id, file_id)
+    flash(message or f"{f.original_name}: {state_sentence(f.onedrive_sync_status)}", "success")
+    return redirect_to(safe_next(target, url_for("library.index")))
+
+
 @bp.post("/files/<int:file_id>/import-version")
 @login_required
 def import_version(file_id: int) -> Any:
     """Import OneDrive's newer version of a file (a background job)."""
     try:
-        imports.start_version_import(current_user.id, file_id)
+        job = imports.start_version_import(current_user.id, file_id)
     except (integrations.NotConnected, integrations.ReauthRequired) as exc:
         return _back_to_settings(exc.message)
-    return _after_action()
+    if job.status == "done":
+        return _after_file_action(file_id, f"Imported OneDrive's version of {job.name}.")
+    return _after_file_action(file_id, f"Importing OneDrive's version of {job.name}.")
+
+
+@bp.post("/files/<int:file_id>/keep-library-version")
+@login_required
+def keep_library_version(file_id: int) -> Any:
+    """Keep the library's version of a file OneDrive has a newer version of (uploaded again)."""
+    sync_service.keep_library_version(current_user.id, file_id)
+    return _after_file_action(file_id)
+
+
+@bp.post("/files/<int:file_id>/upload-again")
+@login_required
+def upload_again(file_id: int) -> Any:
+    """Upload again a file deleted in OneDrive (or kept only in the library)."""
+    sync_service.upload_again(current_user.id, file_id)
+    return _after_file_action(file_id)
+
+
+@bp.post("/files/<int:file_id>/keep-only-in-library")
+@login_required
+def keep_only_in_library(file_id: int) -> Any:
+    """Keep a file deleted in OneDrive only in the library (until Upload again)."""
+    sync_service.keep_only_in_library(current_user.id, file_id)
+    return _after_file_action(file_id)
+
+
+POLICY_SAVED = {
+    "ask": "Files deleted in OneDrive will wait for your choice.",
+    "upload": "Files deleted in OneDrive will be uploaded again.",
+    "keep": "Files deleted in OneDrive will be kept only in the library.",
+}
+
+
+@bp.post("/policy")
+@login_required
+def policy() -> Any:
+    """Save what a deletion in OneDrive does to a synced file."""
+    value = request.form.get("policy", "")
+    if value not in REMOTE_POLICIES:
+        abort(400, "Choose Ask me, Upload it again or Keep it only in the library.")
+    changes.set_policy(current_user.id, value)
+    flash(POLICY_SAVED[value], "success")
+    return redirect_to(_settings_url() + "#remote-policy")
