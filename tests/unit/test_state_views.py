@@ -131,12 +131,13 @@ def test_a_file_renamed_or_moved_in_onedrive_says_where_it_is(app, client, alice
     renamed = make_file(alice, "report.pdf", b"r")
     moved = make_file(alice, "scan.pdf", b"s")
     same = make_file(alice, "same.pdf", b"x")
-    set_file(app, alice, renamed, onedrive_sync_status="synced",
-             onedrive_name="report-final.pdf", onedrive_path="/drivesync/report-final.pdf")  # fmt: skip
-    set_file(app, alice, moved, onedrive_sync_status="synced",
-             onedrive_name="scan.pdf", onedrive_path="/drivesync/2026/scan.pdf")  # fmt: skip
-    set_file(app, alice, same, onedrive_sync_status="synced",
-             onedrive_name="same.pdf", onedrive_path="/drivesync/same.pdf")  # fmt: skip
+    for fid, name, path in (
+        (renamed, "report-final.pdf", "/drivesync/report-final.pdf"),
+        (moved, "scan.pdf", "/drivesync/2026/scan.pdf"),
+        (same, "same.pdf", "/drivesync/same.pdf"),
+    ):
+        set_file(app, alice, fid, onedrive_sync_status="synced", onedrive_name=name,
+                 onedrive_path=path)  # fmt: skip
     html = client.get("/library/").get_data(as_text=True)
     assert "in OneDrive as /drivesync/report-final.pdf" in library_row(html, renamed)
     assert "in OneDrive as /drivesync/2026/scan.pdf" in library_row(html, moved)
