@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from drivesync import tasks
 from drivesync.extensions import db
 from drivesync.models import File, ImportJob
 from drivesync.scope import user_scope
+from drivesync.services import changes
 from tests.conftest import csrf_token, db_rows
 from tests.fixtures_emulator import ALEX
 
@@ -61,8 +64,9 @@ def test_plain_form_import_redirects_to_the_job_page(client, app, alice, emu):
     assert "Import from OneDrive" in page and "scan.pdf" in page
 
 
-def test_htmx_refusal_goes_to_the_flash_area(client, app, alice, emu):
+def test_htmx_refusal_goes_to_the_flash_area(client, app, alice, emu, monkeypatch):
     """A refused import answers 200 retargeted to #flashes, never a 4xx."""
+    monkeypatch.setattr(changes, "status", lambda uid: None, raising=False)  # delta's, until merged
     item = emu.modify_item(ALEX, "/drivesync/big.bin", b"x" * (2 * 1024 * 1024))
     app.config["MAX_UPLOAD_MB"] = 1
     r = client.post(
@@ -99,3 +103,28 @@ def test_others_jobs_and_files_are_not_found(client, app, alice, make_user, make
         f"/settings/onedrive/files/{fid}/import-version", data={"csrf_token": csrf_token(client)}
     )
     assert r.status_code == 404
+
+
+def test_browse_marks_new_items_and_shows_imports_under_way(client, app, alice, emu, monkeypatch):
+    """Items no library file tracks are "New in OneDrive"; an item being imported shows progress."""
+    first = emu.modify_item(ALEX, "/drivesync/new.pdf", b"n")
+    second = emu.modify_item(ALEX, "/drivesync/coming.pdf", b"c")
+    asked: list[list[str]] = []
+
+    def untracked(uid: int, ids: list[str]) -> set[str]:  # delta's, until it is merged
+        asked.append(sorted(ids))
+        return {first["id"]}
+
+    monkeypatch.setattr(changes, "untracked_item_ids", untracked, raising=False)
+    monkeypatch.setattr(tasks, "enqueue_import", lambda *a: None)
+    client.post(
+        "/settings/onedrive/import",
+        data={"csrf_token": csrf_token(client), "item_id": second["id"]},
+        headers=HX,
+    )
+    html = client.get("/settings/onedrive/browse").get_data(as_text=True)
+    assert asked == [sorted([first["id"], second["id"]])]
+    new_row = re.search(r'<tr data-name="new.pdf">(.*?)</tr>', html, re.S).group(1)
+    assert "New in OneDrive" in new_row and "Import to library" in new_row
+    coming = re.search(r'<tr data-name="coming.pdf">(.*?)</tr>', html, re.S).group(1)
+    assert "Waiting to import coming.pdf" in coming and "Import to library" not in coming
