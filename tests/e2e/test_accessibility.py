@@ -19,7 +19,7 @@ from drivesync.models import ExportJob, Integration
 from tests.conftest import mailed_link, outbox_messages
 
 from .conftest import VIEWPORT, LiveServer
-from .seed import BAD_NAME, BUSY, CLASH, SYNCED, seed_account, set_file
+from .seed import BAD_NAME, BUSY, CLASH, REMOTE_ONLY, SYNCED, add_file, seed_account, set_file
 from .test_browser import T
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -71,6 +71,17 @@ def test_every_page_passes_axe(browser: Browser, page: Page, live_server: LiveSe
         anonymous.close()
 
     s = seed_account(page, live, "axe@example.com")
+    # Issue 11's states: newer in OneDrive, deleted there, kept only here, renamed there.
+    for name, values in (
+        ("changed.txt", {"onedrive_sync_status": "remote_changed", "onedrive_id": "gone-1"}),
+        ("deleted.txt", {"onedrive_sync_status": "remote_deleted", "onedrive_id": "gone-2"}),
+        ("local.txt", {"onedrive_sync_status": "local_only"}),
+        ("renamed.txt", {"onedrive_sync_status": "synced", "onedrive_id": "gone-3",
+                         "onedrive_name": "renamed-there.txt",
+                         "onedrive_path": "/drivesync/renamed-there.txt"}),
+    ):  # fmt: skip
+        s.files[name] = add_file(live, s.user_id, name, name.encode())
+        set_file(live, s.user_id, s.files[name], **values)
     page.goto(live.url + "/library/")
     expect(page.locator("#library table.files")).to_be_visible(timeout=T)
     check(page, "/library/", found)
@@ -89,9 +100,22 @@ def test_every_page_passes_axe(browser: Browser, page: Page, live_server: LiveSe
     expect(page.locator("#flashes .flash-error")).to_be_visible(timeout=T)
     check(page, "/settings/onedrive/ (message)", found)
 
+    expect(pending.locator(f"#pending-{s.files['deleted.txt']}")).to_contain_text(
+        "Deleted in OneDrive."
+    )
+    expect(page.locator("#remote-policy")).to_be_visible(timeout=T)
+
     page.goto(live.url + "/settings/onedrive/browse")
     expect(page.locator(f'tr[data-name="{SYNCED}"]')).to_contain_text("In your library")
     check(page, "/settings/onedrive/browse", found)
+    # An import under way and done, in the row (htmx partial) and on its own page.
+    row = page.locator(f'tr[data-name="{REMOTE_ONLY}"]')
+    row.get_by_role("button", name="Import to library").click()
+    expect(row.locator(".import-status")).to_contain_text("Imported", timeout=T)
+    check(page, "/settings/onedrive/browse (imported)", found)
+    page.goto(live.url + "/settings/onedrive/imports/1")
+    expect(page.get_by_role("heading", name="Import from OneDrive")).to_be_visible(timeout=T)
+    check(page, "/settings/onedrive/imports/1", found)
     live.shot(page, "browse-in-your-library")
 
     page.goto(live.url + "/library/999999/download")

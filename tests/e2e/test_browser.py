@@ -211,15 +211,15 @@ def test_connect_upload_sync_browse_import_reconnect_disconnect(
         "href", re.compile(r"/library/\d+/download$"), timeout=T
     )
     expect(pdf_row.get_by_role("button", name="Import to library")).to_have_count(0)
-    # Importing the new one copies it into the library, already synced.
+    # Importing the new one runs in the background; the row shows it, then links the library.
     remote = page.locator("#remote-rows")
-    remote.locator(f'tr[data-name="{PHONE}"]').get_by_role(
-        "button", name="Import to library"
-    ).click()
-    expect(page).to_have_url(re.compile(r"/library/"), timeout=T)
-    expect(page.locator("#flashes")).to_contain_text(
-        f"Imported {PHONE} into your library", timeout=T
+    phone_row = remote.locator(f'tr[data-name="{PHONE}"]')
+    phone_row.get_by_role("button", name="Import to library").click()
+    expect(phone_row.locator(".import-status")).to_contain_text(
+        f"Imported {PHONE} into your library.", timeout=T
     )
+    phone_row.get_by_role("link", name="library").click()
+    expect(page).to_have_url(re.compile(r"/library/"), timeout=T)
     expect(page.locator("#library caption")).to_have_text("4 files", timeout=T)
     row = page.locator("#library tr", has=page.get_by_role("link", name=PHONE, exact=True))
     expect(row.locator(".badge")).to_have_text("synced", timeout=T)
