@@ -259,3 +259,26 @@ def test_a_run_that_lost_its_claim_keeps_nothing(app, alice, emu, held):
             old.touch(bytes_done=1)
         assert old.finish("failed", error="x") is False
     assert _job(app, alice, job_id).status == "done"
+
+
+def test_a_failed_import_says_why_and_offers_to_try_again(app, alice, emu, monkeypatch, client):
+    """The failed job's partial gives the reason and a Try again form for the same item."""
+    item = emu.modify_item(ALEX, "/drivesync/scan.pdf", b"scanned page")
+    real = imports.folder_item
+
+    def lying(client_, integration, item_id):
+        got = dict(real(client_, integration, item_id))
+        got["file"] = {"hashes": {"quickXorHash": "AAAAAAAAAAAAAAAAAAAAAAAAAAA="}}
+        return got
+
+    monkeypatch.setattr(imports, "folder_item", lying)
+    with app.app_context(), user_scope(alice):
+        job_id = imports.start_import(alice, item["id"]).id
+    body = client.get(
+        f"/settings/onedrive/imports/{job_id}", headers={"HX-Request": "true"}
+    ).get_data(as_text=True)
+    assert "did not match its checksum" in body and "Try again" in body
+    assert f'name="item_id" value="{item["id"]}"' in body
+    monkeypatch.undo()
+    with app.app_context(), user_scope(alice):
+        assert imports.start_import(alice, item["id"]).status == "done"
