@@ -44,7 +44,7 @@ from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..models import File, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
-from . import autosync, failures, notices, runs, sync
+from . import autosync, failures, notices, runs, subscriptions, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -165,6 +165,7 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
     ).scalar_one_or_none()
     if integration is not None and integration.active:
         _keep_alive(user_id, integration, now)
+        subscriptions.maintain(user_id, now)  # renew ahead of expiry, recreate, or create
         if integration.paused_at is None:
             start_due_work(user_id, now)
             check_remote_changes(user_id)
