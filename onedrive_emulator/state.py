@@ -14,8 +14,10 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from drivesync.graph.quickxor import QuickXorHash
 
@@ -207,6 +209,9 @@ class EmulatorState:
         self.seed_demo = seed_demo
         self.default_latency = 0.0  # seconds added to every non-admin request; kept on reset
         self.latency = 0.0
+        # Called with every new or changed item, under the lock (subscriptions.py's notifier:
+        # it only records the item; deliveries leave from its own thread).
+        self.change_hooks: list[Callable[[Item], None]] = []
         self._init_maps()
         if seed_demo:
             self.seed()
@@ -224,6 +229,7 @@ class EmulatorState:
         self.token_lifetime = ACCESS_TOKEN_LIFETIME
         self.seq = 0
         self.requests: list[dict[str, object]] = []
+        self.subscriptions: dict[str, Any] = {}  # id -> subscriptions.Subscription
 
     def seed(self) -> None:
         """Create the demo accounts."""
@@ -332,6 +338,8 @@ class EmulatorState:
         if content:
             item.content_version += 1
         item.modified = utcnow()
+        for hook in self.change_hooks:
+            hook(item)
 
     def new_item(
         self,
@@ -359,6 +367,8 @@ class EmulatorState:
             seq=self.seq,
         )
         drive.items[item.id] = item
+        for hook in self.change_hooks:
+            hook(item)
         return item
 
     def children(self, drive: Drive, parent_id: str) -> list[Item]:
