@@ -87,6 +87,7 @@ class Subscription:
     tenant_id: str
     creator_id: str
     needs_reauthorization: bool = False
+    created: float = field(default_factory=time.monotonic)  # changes before it are not sent
 
     def json(self) -> dict[str, Any]:
         """Return the subscription as Graph shows it."""
@@ -130,7 +131,7 @@ class Notifier:
         self.retry_base = 1.0  # seconds before the first retry; doubles each time
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._pending: set[tuple[str, str]] = set()
+        self._pending: dict[tuple[str, str], float] = {}  # (drive id, item id) -> when
         self._queue: list[_Delivery] = []
         self._seq = 0
         self.log: list[dict[str, Any]] = []
@@ -141,7 +142,7 @@ class Notifier:
     def changed(self, item: Item) -> None:
         """Remember that ``item`` changed (called from ``EmulatorState.bump``/``new_item``)."""
         with self._lock:
-            self._pending.add((item.drive_id, item.id))
+            self._pending[(item.drive_id, item.id)] = time.monotonic()
         self._wake.set()
 
     def enqueue(self, url: str, value: list[dict[str, Any]], generation: object) -> None:
@@ -161,8 +162,6 @@ class Notifier:
 
     # -- the thread ------------------------------------------------------------------------------
     def _run(self) -> None:
-        http = requests.Session()
-        http.trust_env = False  # no proxy: notification URLs are reached directly
         while True:
             state = self._state()
             if state is None:
@@ -178,13 +177,13 @@ class Notifier:
                 return
             try:
                 self._collect(state)
-                self._deliver_due(state, http)
+                self._deliver_due(state)
             except Exception:  # never let the delivery thread die
                 logger.exception("emulator: notification delivery failed")
 
     def _collect(self, state: EmulatorState) -> None:
         with self._lock:
-            pending, self._pending = self._pending, set()
+            pending, self._pending = self._pending, {}
         if not pending:
             return
         by_url: dict[str, list[dict[str, Any]]] = {}
@@ -197,13 +196,16 @@ class Notifier:
                 drive = state.drives.get(sub.drive_id.casefold())
                 if drive is None:
                     continue
-                if any(d == drive.id and _under(drive.items, i, sub.folder_id) for d, i in pending):
+                if any(
+                    d == drive.id and at >= sub.created and _under(drive.items, i, sub.folder_id)
+                    for (d, i), at in pending.items()
+                ):
                     by_url.setdefault(sub.notification_url, []).append(_notification(sub))
             generation = state.subscriptions
         for url, value in by_url.items():
             self.enqueue(url, value, generation)
 
-    def _deliver_due(self, state: EmulatorState, http: requests.Session) -> None:
+    def _deliver_due(self, state: EmulatorState) -> None:
         while True:
             with self._lock:
                 if not self._queue or self._queue[0].due > time.monotonic():
@@ -211,10 +213,11 @@ class Notifier:
                 job = heapq.heappop(self._queue)
             if job.generation is not state.subscriptions:
                 continue  # the emulator was reset since
-            status = self._post(http, job)
+            status = self._post(job)
             self.log.append(
-                {"url": job.url, "attempt": job.attempt, "status": status, "value": job.value}
-            )
+                {"url": job.url, "attempt": job.attempt, "status": status, "value": job.value,
+                 "generation": job.generation}
+            )  # fmt: skip
             if status is not None and 200 <= status < 300:
                 continue
             elapsed = time.monotonic() - job.first_at
@@ -229,18 +232,23 @@ class Notifier:
                               job.first_at, job.attempt + 1, job.generation),
                 )  # fmt: skip
 
-    def _post(self, http: requests.Session, job: _Delivery) -> int | None:
+    def _post(self, job: _Delivery) -> int | None:
         try:
-            resp = http.post(
-                job.url,
-                data=json.dumps({"value": job.value}),
-                headers={"Content-Type": "application/json; charset=utf-8"},
-                timeout=DELIVERY_TIMEOUT,
-                verify=self.verify(),
-                allow_redirects=False,
-            )
-            resp.close()
-            return resp.status_code
+            with requests.Session() as http:
+                http.trust_env = False  # no proxy: notification URLs are reached directly
+                resp = http.post(
+                    job.url,
+                    data=json.dumps({"value": job.value}),
+                    headers={
+                        "Content-Type": "application/json; charset=utf-8",
+                        "Connection": "close",
+                    },
+                    timeout=DELIVERY_TIMEOUT,
+                    verify=self.verify(),
+                    allow_redirects=False,
+                )
+                resp.close()
+                return resp.status_code
         except requests.RequestException as exc:
             logger.info("emulator: notification to %s failed: %s", job.url, type(exc).__name__)
             return None
@@ -332,7 +340,7 @@ def _parse_expiry(value: Any) -> datetime:
     text = value.replace("Z", "+00:00")
     head, dot, rest = text.partition(".")
     if dot:
-        digits = "".join(ch for ch in rest if ch.isdigit())
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
     try:
         parsed = datetime.fromisoformat(text)
@@ -403,7 +411,7 @@ def _validate_url(url: str, verify: str | bool) -> bool:
             resp = http.post(
                 target,
                 data=b"",
-                headers={"Content-Type": "text/plain; charset=utf-8"},
+                headers={"Content-Type": "text/plain; charset=utf-8", "Connection": "close"},
                 timeout=VALIDATION_TIMEOUT,
                 verify=verify,
                 allow_redirects=False,
@@ -616,8 +624,10 @@ def admin_delete(sub_id: str) -> Response:
 
 @admin_bp.get("/notifications")
 def admin_notifications() -> Response:
-    """The delivery log: url, attempt, status (null = no answer), value."""
-    return jsonify(list(notifier(get_state()).log))
+    """The delivery log since the last reset: url, attempt, status (null = no answer), value."""
+    state = get_state()
+    entries = [e for e in notifier(state).log if e["generation"] is state.subscriptions]
+    return jsonify([{k: v for k, v in e.items() if k != "generation"} for e in entries])
 
 
 @admin_bp.delete("/notifications")

@@ -68,7 +68,7 @@ def _parse_time(value: Any) -> datetime:
     # Graph writes up to seven fractional digits; Python's parser takes at most six.
     head, dot, rest = text.partition(".")
     if dot:
-        digits = "".join(ch for ch in rest if ch.isdigit())
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
         tail = rest[len(digits) :]
         text = f"{head}.{digits[:6].ljust(6, '0')}{tail}"
     parsed = datetime.fromisoformat(text)
