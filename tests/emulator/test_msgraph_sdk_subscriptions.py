@@ -1,4 +1,4 @@
-"""Microsoft's msgraph-sdk, unchanged, creates, renews and deletes a subscription on the emulator."""
+"""Microsoft's msgraph-sdk, unchanged, creates, renews and deletes a subscription."""
 
 from __future__ import annotations
 

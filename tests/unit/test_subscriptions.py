@@ -21,7 +21,7 @@ from drivesync.extensions import db
 from drivesync.models import GraphSubscription, Integration, utcnow
 from drivesync.scope import user_scope
 from drivesync.services import changes, integrations, scheduler, subscriptions
-from tests.conftest import csrf_token, sign_in_as
+from tests.conftest import PG_APP_URL, PG_OWNER_URL, csrf_token, sign_in_as
 
 GRAPH = "https://graph.microsoft.com/v1.0"
 PUBLIC = "https://drivesync.example"
@@ -433,3 +433,27 @@ def test_a_slow_delta_check_never_delays_the_answer(
         release.set()
         scheduler.stop_in_process()
     assert changes.REQUEST_GAP > timedelta(0)  # the endpoint bypasses the page-view gap
+
+
+@pytest.mark.postgres
+def test_owner_lookup_under_row_level_security(
+    app: Flask, user: int, subscribed: str, client: FlaskClient, make_user: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """As the app role with no user in scope, the row is invisible; the SECURITY DEFINER
+    function names its owner and nothing else; a notification then works end to end."""
+    if not PG_OWNER_URL or PG_APP_URL == PG_OWNER_URL:
+        pytest.skip("needs PostgreSQL with the app's own role (DRIVESYNC_TEST_POSTGRES_APP_URL)")
+    other = make_user()
+    with app.app_context():
+        assert db.session.get_bind().dialect.name == "postgresql"
+        assert db.session.execute(db.select(GraphSubscription)).first() is None  # RLS
+        assert subscriptions.owner_of("sub-1") == user
+        assert subscriptions.owner_of("nope") is None
+        db.session.rollback()
+        with user_scope(other):
+            assert db.session.execute(db.select(GraphSubscription)).first() is None
+        db.session.rollback()
+    monkeypatch.setattr(tasks, "wake_user", lambda uid, delay: None)
+    assert _post(client, [_note(subscribed)]).status_code == 202
+    assert _integration(app, user).delta_due_at is not None
