@@ -59,6 +59,7 @@ MAX_CLIENT_STATE = 128
 VALIDATION_TIMEOUT = 10.0  # "within 10 seconds"
 DELIVERY_TIMEOUT = 3.0  # "published using an HTTP client with a 3-second timeout"
 RETRY_HORIZON = timedelta(hours=4)  # "for up to 4 hours"
+LOG_LIMIT = 1000  # delivery-log entries kept
 BATCH_WINDOW = 0.2  # seconds a burst of changes is gathered into one POST
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
 PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
@@ -214,6 +215,7 @@ class Notifier:
             if job.generation is not state.subscriptions:
                 continue  # the emulator was reset since
             status = self._post(job)
+            del self.log[: max(0, len(self.log) - LOG_LIMIT + 1)]
             self.log.append(
                 {"url": job.url, "attempt": job.attempt, "status": status, "value": job.value,
                  "generation": job.generation}

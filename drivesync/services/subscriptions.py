@@ -58,7 +58,9 @@ LIFETIME = graph_subscriptions.MAX_DRIVEITEM_LIFETIME - EXPIRY_MARGIN
 RENEW_AHEAD = timedelta(days=3)  # renew three days before expiry: room for a few failed tries
 RETRY_AFTER = timedelta(minutes=30)  # a failed renewal is tried again this much later
 CLIENT_STATE_BYTES = 48  # 64 URL-safe characters; Graph allows up to 128
-MAX_NOTIFICATIONS = 100  # a batch longer than this is cut (bounded work per request)
+# Bounded work per request: the endpoint reads at most 256 KiB (about a thousand notifications);
+# identical ones (same subscription, clientState and event) are handled once.
+MAX_NOTIFICATIONS = 1000
 
 
 def enabled() -> bool:
@@ -333,6 +335,7 @@ def receive(notifications: list[Any], now: datetime | None = None) -> Received:
     yet; it answers the same whatever this finds). Commits per notification."""
     now = now or utcnow()
     accepted = refused = 0
+    seen: set[tuple[str, str, Any]] = set()
     for item in notifications[:MAX_NOTIFICATIONS]:
         if not isinstance(item, dict):
             refused += 1
@@ -341,6 +344,11 @@ def receive(notifications: list[Any], now: datetime | None = None) -> Received:
         if not isinstance(sub_id, str) or not isinstance(state, str) or not 0 < len(sub_id) <= 128:
             refused += 1
             continue
+        event = item.get("lifecycleEvent")
+        key = (sub_id, state, event if isinstance(event, str) else None)
+        if key in seen:
+            continue  # a duplicate in the same batch: already handled (or refused) above
+        seen.add(key)
         owner = owner_of(sub_id)
         db.session.rollback()  # end the unscoped transaction before working as the owner
         if owner is None:
@@ -352,7 +360,7 @@ def receive(notifications: list[Any], now: datetime | None = None) -> Received:
                     refused += 1
                     logger.warning("subscriptions: notification for %s refused", sub_id)
                     continue
-                _act(owner, sub_id, item.get("lifecycleEvent"), now)
+                _act(owner, sub_id, key[2], now)
                 accepted += 1
             finally:
                 db.session.rollback()

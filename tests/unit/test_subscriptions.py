@@ -457,3 +457,17 @@ def test_owner_lookup_under_row_level_security(
     monkeypatch.setattr(tasks, "wake_user", lambda uid, delay: None)
     assert _post(client, [_note(subscribed)]).status_code == 202
     assert _integration(app, user).delta_due_at is not None
+
+
+def test_a_mixed_batch_acts_only_on_the_genuine_notification(
+    app: Flask, user: int, subscribed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forged, malformed and genuine notifications in one batch: only the genuine one counts,
+    duplicates are handled once."""
+    monkeypatch.setattr(tasks, "wake_user", lambda uid, delay: None)
+    batch: list[Any] = [_note("forged"), "junk", {"subscriptionId": 7}, _note(subscribed),
+                        _note(subscribed), _note(subscribed, sub_id="x" * 200)]  # fmt: skip
+    with app.app_context():
+        result = subscriptions.receive(batch)
+    assert (result.accepted, result.refused) == (1, 4)
+    assert _integration(app, user).delta_due_at is not None
