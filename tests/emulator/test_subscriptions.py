@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 import requests
 
+from onedrive_emulator import subscriptions
+from onedrive_emulator.app import create_emulator_app
+from onedrive_emulator.state import EmulatorState
 from tests.fixtures_emulator import EmulatorCA
 
 from .conftest import ALEX, MEGAN, Env
@@ -217,3 +220,45 @@ def test_renew_reauthorize_expire_delete(
     env.admin.modify_item(ALEX, "/drivesync/a.txt", b"x")
     time.sleep(1.0)
     assert receiver.notifications() == []
+
+
+def test_deletes_and_renames_are_notified_too(
+    env: Env, http: requests.Session, receiver: Receiver
+) -> None:
+    """A rename and a delete made with plain Graph calls are each notified."""
+    env.admin.modify_item(ALEX, "/drivesync/a.txt", b"x")
+    item = http.get(f"{env.graph}/me/drive/root:/drivesync/a.txt", timeout=10).json()
+    _create(env, http, receiver)
+    resp = http.patch(f"{env.graph}/me/drive/items/{item['id']}", json={"name": "b.txt"},
+                      timeout=10)  # fmt: skip
+    assert resp.status_code == 200
+    receiver.wait_for(1)
+    time.sleep(0.5)
+    assert http.delete(f"{env.graph}/me/drive/items/{item['id']}", timeout=10).status_code == 204
+    receiver.wait_for(2)
+
+
+@pytest.mark.slow
+def test_a_validation_answer_later_than_ten_seconds_fails_the_create(
+    env: Env, http: requests.Session, receiver: Receiver
+) -> None:
+    """Graph waits 10 seconds for the validation answer, not longer."""
+    receiver.validation = "slow"
+    started = time.monotonic()
+    resp = http.post(f"{env.graph}/subscriptions", json=_body(receiver), timeout=30)
+    assert resp.status_code == 400
+    assert 9.5 <= time.monotonic() - started < 15
+    assert env.admin.list_subscriptions() == []
+
+
+def test_notify_ca_is_what_deliveries_trust(tmp_path: Any) -> None:
+    """Without notify_ca the system's roots are trusted; with it, that CA file alone."""
+    plain = EmulatorState(seed_demo=False)
+    create_emulator_app(plain)
+    system = subscriptions.notifier(plain).verify()
+    assert system is True or (isinstance(system, str) and system != str(tmp_path / "ca.pem"))
+    trusting = EmulatorState(seed_demo=False)
+    create_emulator_app(trusting, notify_ca=str(tmp_path / "ca.pem"))
+    assert subscriptions.notifier(trusting).verify() == str(tmp_path / "ca.pem")
+    plain.close()
+    trusting.close()
