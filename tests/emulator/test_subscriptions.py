@@ -13,6 +13,7 @@ import requests
 from onedrive_emulator import subscriptions
 from onedrive_emulator.app import create_emulator_app
 from onedrive_emulator.state import EmulatorState
+from onedrive_emulator.tls import new_ca
 from tests.fixtures_emulator import EmulatorCA
 
 from .conftest import ALEX, MEGAN, Env
@@ -262,3 +263,23 @@ def test_notify_ca_is_what_deliveries_trust(tmp_path: Any) -> None:
     assert subscriptions.notifier(trusting).verify() == str(tmp_path / "ca.pem")
     plain.close()
     trusting.close()
+
+
+def test_an_endpoint_with_an_untrusted_certificate_is_not_subscribed(
+    env: Env, http: requests.Session, emulator_ca: EmulatorCA | None, tmp_path: Any
+) -> None:
+    """The emulator verifies TLS to the notification URL: a certificate from a CA it does not
+    trust fails the validation, so the create fails."""
+    if emulator_ca is None:
+        pytest.skip("needs the emulator's TLS")
+    stranger = new_ca()
+    pem = tmp_path / "stranger.pem"
+    pem.write_bytes(stranger.cert_pem.bytes())
+    other = start_receiver(EmulatorCA(stranger, pem, pem))
+    try:
+        resp = http.post(f"{env.graph}/subscriptions", json=_body(other), timeout=30)
+        assert resp.status_code == 400
+        assert other.hits == []  # the TLS handshake failed before any request
+    finally:
+        assert other.server is not None
+        other.server.shutdown()
