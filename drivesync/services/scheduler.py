@@ -13,6 +13,8 @@ then, per user and under ``user_scope``, :func:`reconcile_user`:
    once the quota shows room;
 4. keep the connection alive: refresh tokens unused for ``TOKEN_KEEPALIVE_DAYS`` (Microsoft
    drops refresh tokens left unused for 90 days);
+   then ``subscriptions.maintain``: renew the change-notification subscription at its
+   ``renew_at``, recreate it when Graph answers 404, create it when missing (webhooks only);
 5. :func:`check_remote_changes`: the place for the next issue's delta check (a no-op today);
 6. failure notices (``services.notices``): open, notify once, close episodes.
 
