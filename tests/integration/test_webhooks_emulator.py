@@ -135,3 +135,28 @@ def test_reauthorization_required_renews_through_the_scheduler(
         row = db.session.execute(db.select(GraphSubscription)).scalar_one()
         assert row.renewed_at is not None and row.renew_at > utcnow()
     assert emu.list_subscriptions()[0]["needsReauthorization"] is False
+
+
+def test_subscription_removed_is_recreated(
+    app: Flask, served: str, emu: EmulatorAdmin, client: FlaskClient,
+    make_user: Callable[..., int], connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """subscriptionRemoved: the renewal answers 404, a new subscription (new id, new
+    clientState) replaces it, and a delta check is due for the changes nobody notified."""
+    monkeypatch.setattr(tasks, "wake_user", lambda uid, delay: None)
+    user = make_user()
+    sign_in_as(client, user)
+    connect()
+    first = emu.list_subscriptions()[0]
+    with app.app_context(), user_scope(user):
+        db.session.execute(update(Integration).values(delta_due_at=None,
+                                                      delta_checked_at=utcnow()))  # fmt: skip
+        db.session.commit()
+    emu.subscription_lifecycle(first["id"], "subscriptionRemoved")
+    assert _wait(lambda: _integration(app, user).delta_due_at is not None)
+    with app.app_context(), user_scope(user):
+        subscriptions.maintain(user)
+        assert subscriptions.live(user)
+    now = emu.list_subscriptions()
+    assert len(now) == 1 and now[0]["id"] != first["id"]
+    assert now[0]["clientState"] != first["clientState"]
