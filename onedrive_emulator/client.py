@@ -143,6 +143,31 @@ class EmulatorAdmin:
             "PUT", f"/accounts/{quote(email)}/items/{quote(path.lstrip('/'))}", data=content
         )
 
+    def rename_item(self, email: str, path: str, new_name: str) -> dict[str, Any]:
+        """Rename an item from another device (new eTag, same cTag); returns its listing entry."""
+        return self._call(
+            "POST", f"/accounts/{quote(email)}/rename", {"path": path, "new_name": new_name}
+        )
+
+    def move_item(self, email: str, path: str, new_parent_path: str) -> dict[str, Any]:
+        """Move an item from another device into ``new_parent_path`` ("/" = root; must exist)."""
+        return self._call(
+            "POST",
+            f"/accounts/{quote(email)}/move",
+            {"path": path, "new_parent_path": new_parent_path},
+        )
+
+    def delete_item(self, email: str, path: str) -> None:
+        """Delete an item (and its descendants) from another device."""
+        self._call("DELETE", f"/accounts/{quote(email)}/items/{quote(path.lstrip('/'))}")
+
+    def delta_gone(self, code: str = "resyncChangesApplyDifferences", count: int = 1) -> None:
+        """Answer the next ``count`` delta requests carrying a token with 410 Gone and ``code``.
+
+        ``code``: resyncChangesApplyDifferences, resyncChangesUploadDifferences or resyncRequired.
+        """
+        self._call("POST", "/faults/delta-gone", {"code": code, "count": count})
+
     def list_items(self, email: str) -> list[dict[str, Any]]:
         """List the account's items: path, id, size, quickXorHash, eTag, cTag, folder."""
         return self._call("GET", f"/accounts/{quote(email)}/items")

@@ -89,6 +89,10 @@ class Item:
     content_version: int = 1  # cTag counter: content changes
     seq: int = 0  # change sequence for delta
     deleted: bool = False
+    # Delta history: (seq, parent id) from creation on, one entry per move; the seq of deletion.
+    # A delta scoped to a folder needs where the item was at the token's seq, not only now.
+    parents: list[tuple[int, str | None]] = field(default_factory=list)
+    deleted_seq: int | None = None
     special: str | None = None  # "approot"
     created_by_app: str | None = None
 
@@ -228,6 +232,8 @@ class EmulatorState:
         self.faults = Faults()
         self.token_lifetime = ACCESS_TOKEN_LIFETIME
         self.seq = 0
+        self.epoch = new_secret(6)  # delta tokens from before a reset are refused (410)
+        self.delta_enumerations: dict[str, object] = {}  # onedrive_emulator.delta's page cache
         self.requests: list[dict[str, object]] = []
         self.subscriptions: dict[str, Any] = {}  # id -> subscriptions.Subscription
 
@@ -338,6 +344,10 @@ class EmulatorState:
         if content:
             item.content_version += 1
         item.modified = utcnow()
+        if item.parents and item.parents[-1][1] != item.parent_id:
+            item.parents.append((self.seq, item.parent_id))
+        if item.deleted and item.deleted_seq is None:
+            item.deleted_seq = self.seq
         for hook in self.change_hooks:
             hook(item)
 
@@ -365,6 +375,7 @@ class EmulatorState:
             fs_created=fs_created or now,
             fs_modified=fs_modified or now,
             seq=self.seq,
+            parents=[(self.seq, parent_id)],
         )
         drive.items[item.id] = item
         for hook in self.change_hooks:

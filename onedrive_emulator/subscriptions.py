@@ -277,16 +277,26 @@ def configure(state: EmulatorState, *, notify_ca: str | None = None) -> Notifier
     return found
 
 
-def _under(items: dict[str, Item], item_id: str, folder_id: str) -> bool:
+def _within(items: dict[str, Item], item_id: str | None, folder_id: str) -> bool:
     """Return whether ``item_id`` is ``folder_id`` or lies below it (deleted items included)."""
     seen = 0
-    cur = items.get(item_id)
+    cur = items.get(item_id) if item_id else None
     while cur is not None and seen < 10_000:
         if cur.id == folder_id:
             return True
         cur = items.get(cur.parent_id) if cur.parent_id else None
         seen += 1
     return False
+
+
+def _under(items: dict[str, Item], item_id: str, folder_id: str) -> bool:
+    """Return whether the changed item is, or was, inside ``folder_id``: an item moved out of
+    the watched folder changed that folder's content too."""
+    if _within(items, item_id, folder_id):
+        return True
+    item = items.get(item_id)
+    earlier = [parent for _seq, parent in item.parents] if item is not None else []
+    return any(_within(items, parent, folder_id) for parent in earlier)
 
 
 def _notification(sub: Subscription) -> dict[str, Any]:

@@ -283,3 +283,15 @@ def test_an_endpoint_with_an_untrusted_certificate_is_not_subscribed(
     finally:
         assert other.server is not None
         other.server.shutdown()
+
+
+def test_moving_out_of_a_watched_folder_is_notified(
+    env: Env, http: requests.Session, receiver: Receiver
+) -> None:
+    """An item moved out of the watched personal folder changed that folder: notified."""
+    env.admin.modify_item(ALEX, "/w/a.txt", b"x")
+    env.admin.modify_item(ALEX, "/away/keep.txt", b"x")
+    folder = http.get(f"{env.graph}/me/drive/root:/w", timeout=10).json()
+    _create(env, http, receiver, resource=f"me/drive/items/{folder['id']}")
+    env.admin.move_item(ALEX, "/w/a.txt", "/away")
+    receiver.wait_for(1)
