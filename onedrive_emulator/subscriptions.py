@@ -431,7 +431,10 @@ def _validate_url(url: str, verify: str | bool) -> bool:
     except requests.RequestException as exc:
         logger.info("emulator: validation of %s failed: %s", url, type(exc).__name__)
         return False
-    return resp.status_code == 200 and resp.text == token
+    # "A status code of HTTP 200 OK. A content type of text/plain. A body that includes the
+    # URL decoded plain text validation token."
+    plain = resp.headers.get("Content-Type", "").split(";")[0].strip().lower() == "text/plain"
+    return resp.status_code == 200 and plain and resp.text == token
 
 
 def _validation_failed(url: str) -> _Refused:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -34,6 +35,9 @@ bp = Blueprint("notifications", __name__)
 
 MAX_BODY = 256 * 1024  # a batch of change notifications without resource data is a few KiB
 MAX_VALIDATION_TOKEN = 4096
+# "Microsoft Graph never sends any value containing HTML or JavaScript code" and advises escaping
+# it: a token with markup characters or controls is refused rather than reflected.
+_PLAIN_TOKEN = re.compile(r"[^<>&\"'`\x00-\x1f\x7f]+")
 
 
 def _limit() -> str:
@@ -57,7 +61,7 @@ def receive() -> Response:
     """Answer Graph's validation request, or take a batch of notifications."""
     token = request.args.get("validationToken")
     if token is not None:
-        if not token or len(token) > MAX_VALIDATION_TOKEN:
+        if not token or len(token) > MAX_VALIDATION_TOKEN or not _PLAIN_TOKEN.fullmatch(token):
             return _plain("", 400)
         # The query string arrives decoded; Graph wants the token back as plain text.
         return _plain(token, 200)

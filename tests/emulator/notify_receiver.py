@@ -32,7 +32,7 @@ class Receiver:
 
     url: str = ""
     hits: list[Hit] = field(default_factory=list)
-    validation: str = "echo"  # echo | wrong | slow
+    validation: str = "echo"  # echo | wrong | slow | html (right token, wrong content type)
     fail_next: int = 0  # answer this many notifications with 500
     lock: threading.Lock = field(default_factory=threading.Lock)
     server: BaseWSGIServer | None = None
@@ -50,7 +50,8 @@ class Receiver:
             if self.validation == "slow":
                 time.sleep(11)
             answer = token if self.validation != "wrong" else "not-the-token"
-            start("200 OK", [("Content-Type", "text/plain")])
+            kind = "text/html" if self.validation == "html" else "text/plain"
+            start("200 OK", [("Content-Type", kind)])
             return [answer.encode()]
         with self.lock:
             failing = self.fail_next > 0

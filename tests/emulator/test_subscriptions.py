@@ -74,11 +74,12 @@ def test_create_validates_both_urls_then_answers_201(
     assert other.get(f"{env.graph}/subscriptions/{sub['id']}", timeout=10).status_code == 404
 
 
+@pytest.mark.parametrize("mode", ["wrong", "html"])
 def test_a_wrong_validation_answer_fails_the_create(
-    env: Env, http: requests.Session, receiver: Receiver
+    env: Env, http: requests.Session, receiver: Receiver, mode: str
 ) -> None:
-    """An endpoint that does not echo the token gets no subscription (400)."""
-    receiver.validation = "wrong"
+    """An endpoint that does not echo the token as text/plain gets no subscription (400)."""
+    receiver.validation = mode
     resp = http.post(f"{env.graph}/subscriptions", json=_body(receiver), timeout=30)
     assert resp.status_code == 400
     assert "validation" in resp.json()["error"]["message"]

@@ -306,6 +306,9 @@ def test_validation_handshake_echoes_the_token(client: FlaskClient) -> None:
         assert resp.status_code == 200
         assert resp.mimetype == "text/plain"
         assert resp.get_data(as_text=True) == "Validation: Testing client app"
+    for hostile in ("%3Cscript%3Ealert(1)%3C/script%3E", "a%0Ab", "x" * 5000, ""):
+        resp = client.post(f"/hooks/onedrive?validationToken={hostile}")
+        assert resp.status_code == 400 and resp.get_data() == b""
 
 
 def test_a_forged_client_state_changes_nothing_and_looks_the_same(
