@@ -20,8 +20,9 @@ from drivesync import tasks
 from drivesync.extensions import db
 from drivesync.models import GraphSubscription, Integration, utcnow
 from drivesync.scope import user_scope
-from drivesync.services import changes, integrations, scheduler, subscriptions
-from tests.conftest import PG_APP_URL, PG_OWNER_URL, csrf_token, sign_in_as
+from drivesync.services import changes, deletion, integrations, scheduler, subscriptions
+from drivesync.web import storage
+from tests.conftest import PASSWORD, PG_APP_URL, PG_OWNER_URL, csrf_token, sign_in_as
 
 GRAPH = "https://graph.microsoft.com/v1.0"
 PUBLIC = "https://drivesync.example"
@@ -474,3 +475,13 @@ def test_a_mixed_batch_acts_only_on_the_genuine_notification(
         result = subscriptions.receive(batch)
     assert (result.accepted, result.refused) == (1, 4)
     assert _integration(app, user).delta_due_at is not None
+
+
+def test_deleting_the_account_deletes_the_subscription(
+    app: Flask, user: int, subscribed: str, rsps: responses.RequestsMock
+) -> None:
+    """Account deletion removes the subscription on Graph, not only the row."""
+    rsps.delete(f"{SUBS}/sub-1", status=204)
+    with app.test_request_context(), user_scope(user):
+        deletion.delete_account(user, PASSWORD, storage())
+    assert [c.request.method for c in rsps.calls].count("DELETE") == 1
