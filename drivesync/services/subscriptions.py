@@ -113,19 +113,31 @@ def ensure(user_id: int, now: datetime | None = None) -> bool:
     again on a later reconcile. Commits.
     """
     now = now or utcnow()
-    if not enabled() or _active(user_id) is None:
+    integration = _active(user_id) if enabled() else None
+    if integration is None:
         return False
     row = _row(user_id)
     if row is not None:
-        if row.expires_at > now:
+        if row.expires_at > now and not _outdated(row, integration):
             return True
-        _drop(row)  # Graph has forgotten an expired subscription; so do we
+        if row.expires_at > now:
+            # Reconnected to another folder, or the public URL moved: subscribe afresh.
+            logger.info("subscriptions: %s no longer matches the connection", row.subscription_id)
+            remove(user_id)
+        else:
+            _drop(row)  # Graph has forgotten an expired subscription; so do we
     try:
         return _create(user_id, now)
     except (GraphError, ServiceError, ValueError) as exc:
         db.session.rollback()
         logger.warning("subscriptions: could not subscribe user %s: %s", user_id, _describe(exc))
         return False
+
+
+def _outdated(row: GraphSubscription, integration: Integration) -> bool:
+    """Return whether the row watches another resource or notifies another URL than now."""
+    resource = graph_subscriptions.drive_resource(integration.drive_type, integration.folder_id)
+    return row.resource != resource or row.notification_url != notification_url()
 
 
 def _describe(exc: BaseException) -> str:
@@ -136,12 +148,11 @@ def _describe(exc: BaseException) -> str:
 def _create(user_id: int, now: datetime) -> bool:
     client, integration = integrations.graph_client_for(user_id)
     client_state = secrets.token_urlsafe(CLIENT_STATE_BYTES)
+    resource = graph_subscriptions.drive_resource(integration.drive_type, integration.folder_id)
     try:
         sub = graph_subscriptions.create(
             client,
-            resource=graph_subscriptions.drive_resource(
-                integration.drive_type, integration.folder_id
-            ),
+            resource=resource,
             notification_url=notification_url(),
             lifecycle_url=lifecycle_url(),
             client_state=client_state,
@@ -152,8 +163,8 @@ def _create(user_id: int, now: datetime) -> bool:
             user_id=user_id,
             integration_id=integration.id,
             subscription_id=sub.id,
-            resource=sub.resource[:400],
-            notification_url=sub.notification_url or notification_url(),
+            resource=resource,  # as asked: compared with the connection's on every upkeep
+            notification_url=notification_url(),
             key_id=integrations.vault().current_key_id,
             client_state_encrypted=integrations.vault().encrypt(
                 client_state, _context(integration.id, sub.id)
@@ -204,9 +215,10 @@ def maintain(user_id: int, now: datetime | None = None) -> None:
         if row is not None:
             remove(user_id)
         return
-    if _active(user_id) is None:
+    integration = _active(user_id)
+    if integration is None:
         return
-    if row is None or row.expires_at <= now:
+    if row is None or row.expires_at <= now or _outdated(row, integration):
         ensure(user_id, now)
         return
     if row.renew_at is not None and row.renew_at > now:

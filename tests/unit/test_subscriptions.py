@@ -485,3 +485,25 @@ def test_deleting_the_account_deletes_the_subscription(
     with app.test_request_context(), user_scope(user):
         deletion.delete_account(user, PASSWORD, storage())
     assert [c.request.method for c in rsps.calls].count("DELETE") == 1
+
+
+def test_a_subscription_that_no_longer_fits_is_replaced(
+    app: Flask, user: int, ctx: None, rsps: responses.RequestsMock
+) -> None:
+    """Reconnected to another folder, or a new public URL: the old subscription is deleted on
+    Graph and a new one watches the right resource and URL."""
+    _subscribe(rsps, user, "sub-1", "sub-2", "sub-3")
+    rsps.delete(f"{SUBS}/sub-1", status=204)
+    rsps.delete(f"{SUBS}/sub-2", status=204)
+    db.session.execute(update(Integration).values(drive_type="personal", folder_id="NEW!7"))
+    db.session.commit()
+    subscriptions.maintain(user)
+    row = _row()
+    assert (row.subscription_id, row.resource) == ("sub-2", "me/drive/items/NEW!7")
+    app.config["PUBLIC_URL"] = "https://moved.example"
+    subscriptions.maintain(user)
+    row = _row()
+    assert (row.subscription_id, row.notification_url) == (
+        "sub-3", "https://moved.example/hooks/onedrive")  # fmt: skip
+    assert [c.request.url for c in rsps.calls if c.request.method == "DELETE"] == [
+        f"{SUBS}/sub-1", f"{SUBS}/sub-2"]  # fmt: skip
