@@ -128,7 +128,7 @@ def ensure(user_id: int, now: datetime | None = None) -> bool:
             _drop(row)  # Graph has forgotten an expired subscription; so do we
     try:
         return _create(user_id, now)
-    except (GraphError, ServiceError, ValueError) as exc:
+    except Exception as exc:  # never breaks connecting or a reconcile; the next one retries
         db.session.rollback()
         logger.warning("subscriptions: could not subscribe user %s: %s", user_id, _describe(exc))
         return False
