@@ -403,3 +403,18 @@ def test_ten_thousand_items_enumerate_once_per_window(
     env.admin.modify_item(ALEX, "Sync/f04242.txt", b"one change")
     changes, _, pages = drain(http, link)
     assert pages == 1 and [c["name"] for c in changes] == ["Sync", "f04242.txt"]
+
+
+def test_approot_delta_and_a_page_token_of_another_folder(env: Env, http: requests.Session) -> None:
+    uploaded = http.put(
+        f"{env.graph}/me/drive/special/approot:/a.txt:/content", data=b"a", timeout=5
+    ).json()
+    items, link, _ = drain(http, f"{env.graph}/me/drive/special/approot/delta")
+    assert [i["id"] for i in items][1:] == [uploaded["id"]]
+    assert link.startswith(f"{env.graph}/me/drive/special/approot/delta?token=")
+    for i in range(3):
+        env.admin.modify_item(ALEX, f"Sync/f{i}.txt", b"x")
+    page = http.get(f"{env.graph}/me/drive/root:/Sync:/delta?$top=1", timeout=5).json()
+    token = page["@odata.nextLink"].split("token=")[1]
+    other = http.get(f"{env.graph}/me/drive/root/delta?token={token}", timeout=5)
+    assert_graph_error(other, 410, "resyncRequired")
