@@ -266,7 +266,10 @@ def test_personal_deleted_item_keeps_name_without_size_or_ctag(
     env.admin.modify_item(ALEX, "Sync/a.txt", b"a")
     _, link, _ = drain(http, f"{env.graph}/me/drive/root:/Sync:/delta")
     env.admin.delete_item(ALEX, "Sync/a.txt")
-    (deleted,) = [c for c in drain(http, link)[0] if "deleted" in c]
+    changes = drain(http, link)[0]
+    assert [c["name"] for c in changes] == ["Sync", "a.txt"]  # its parent changed too
+    assert [c["name"] for c in drain(http, link, deltaExcludeParent="true")[0]] == ["a.txt"]
+    (deleted,) = [c for c in changes if "deleted" in c]
     assert deleted["name"] == "a.txt" and "size" not in deleted and "cTag" not in deleted
     assert "file" in deleted
 
