@@ -296,6 +296,7 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     run = _create_run(user_id, [f.id], f.size, statuses=("conflict",))
     if not run.total:
         raise Conflict("This file is not in conflict.")
+    run.resolve = action  # stored: a run queued again (lost message, dead worker) keeps it
     events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action=action)
     db.session.commit()
     return _enqueue(run, user_id, resolve=action)
