@@ -140,6 +140,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SMTP_URL": env.get("DRIVESYNC_SMTP_URL", ""),
         # The site's public address for links in mails (else MS_REDIRECT_URI's, else the request's).
         "PUBLIC_URL": env.get("DRIVESYNC_PUBLIC_URL", ""),
+        # Graph change notifications (services/subscriptions.py): auto = on when PUBLIC_URL is
+        # https, on = required (refuses to start without an https PUBLIC_URL), off = poll only.
+        "WEBHOOKS": env.get("DRIVESYNC_WEBHOOKS", "auto").strip().lower(),
+        "WEBHOOK_RATE_LIMIT": env.get("DRIVESYNC_WEBHOOK_RATE_LIMIT", "120 per minute"),
         "MAIL_FROM": env.get("DRIVESYNC_MAIL_FROM", "drivesync <no-reply@localhost>"),
         # Host names the app answers to (comma-separated); empty accepts any Host header.
         "TRUSTED_HOSTS": [
@@ -239,6 +243,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             "DRIVESYNC_UPLOAD_FRAGMENT_MB must give a multiple of 320 KiB up to 60 MiB "
             "(5, 10, 15 … 60)"
         )
+    if cfg.get("WEBHOOKS", "auto") not in ("auto", "on", "off"):
+        raise ConfigError("DRIVESYNC_WEBHOOKS must be auto, on or off")
+    if cfg.get("WEBHOOKS") == "on" and not str(cfg.get("PUBLIC_URL") or "").startswith("https://"):
+        # Graph delivers change notifications only to an https:// notificationUrl.
+        raise ConfigError("DRIVESYNC_WEBHOOKS=on needs an https:// DRIVESYNC_PUBLIC_URL")
     if cfg.get("ENV_NAME") == "production" and not cfg.get("TESTING"):
         if cfg["SECRET_KEY"] in KNOWN_BAD_SECRETS or len(cfg["SECRET_KEY"]) < 32:
             raise ConfigError(

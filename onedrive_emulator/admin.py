@@ -57,6 +57,17 @@ Routes (JSON bodies; every answer is JSON):
 ``DELETE /_emulator/requests``                               clear the request log
 ``POST   /_emulator/reset``                                  wipe drives, tokens, faults, log;
                                                              keep registered clients
+``GET    /_emulator/subscriptions``                          change-notification subscriptions
+                                                             (subscriptions.py), clientState and
+                                                             owner included
+``POST   /_emulator/subscriptions/<id>/lifecycle``           ``event``: reauthorizationRequired|
+                                                             subscriptionRemoved|missed, sent to
+                                                             the lifecycle URL
+``POST   /_emulator/subscriptions/<id>/expire``              expire it now (404 from then on)
+``DELETE /_emulator/subscriptions/<id>``                     remove it silently
+``GET    /_emulator/notifications``                          delivery log: url, attempt, status
+``DELETE /_emulator/notifications``                          clear the delivery log
+``PUT    /_emulator/notifications/retry-base``               ``seconds``: first retry delay
 ==========================================================  ======================================
 """
 

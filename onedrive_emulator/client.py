@@ -172,6 +172,35 @@ class EmulatorAdmin:
         """List the account's items: path, id, size, quickXorHash, eTag, cTag, folder."""
         return self._call("GET", f"/accounts/{quote(email)}/items")
 
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        """Every change-notification subscription (expired ones too), clientState included."""
+        return self._call("GET", "/subscriptions")
+
+    def subscription_lifecycle(self, subscription_id: str, event: str) -> None:
+        """Send ``reauthorizationRequired``, ``subscriptionRemoved`` or ``missed`` to the
+        subscription's lifecycle URL (``subscriptionRemoved`` also removes it)."""
+        self._call("POST", f"/subscriptions/{quote(subscription_id)}/lifecycle", {"event": event})
+
+    def expire_subscription(self, subscription_id: str) -> None:
+        """Expire the subscription now: Graph answers 404 for it from then on."""
+        self._call("POST", f"/subscriptions/{quote(subscription_id)}/expire")
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        """Remove the subscription on the server's side, without telling anyone."""
+        self._call("DELETE", f"/subscriptions/{quote(subscription_id)}")
+
+    def notifications_log(self) -> list[dict[str, Any]]:
+        """Deliveries so far: url, attempt, status (None = no answer), value."""
+        return self._call("GET", "/notifications")
+
+    def clear_notifications_log(self) -> None:
+        """Clear the delivery log."""
+        self._call("DELETE", "/notifications")
+
+    def set_notification_retry_base(self, seconds: float) -> None:
+        """Set the first retry delay of a failed delivery (doubling after each failure)."""
+        self._call("PUT", "/notifications/retry-base", {"seconds": seconds})
+
     def clear_faults(self) -> None:
         """Switch every fault off."""
         self._call("DELETE", "/faults")

@@ -176,23 +176,32 @@ def compute(
     picked.sort(key=lambda p: p[0].seq)
     entries: list[tuple[str, bool, str | None]] = []
     emitted: set[str] = set()
+
+    def parents_first(parent_id: str | None) -> None:
+        # The parents in the hierarchy of a changed item (unless deltaExcludeParent), top down;
+        # in a first enumeration this only orders parents before their children.
+        if since != 0 and exclude_parent:
+            return
+        chain: list[str] = []
+        cur = drive.items.get(parent_id) if parent_id else None
+        while cur is not None and not cur.deleted:
+            chain.append(cur.id)
+            if cur.id == fid:
+                break
+            cur = drive.items.get(cur.parent_id) if cur.parent_id else None
+        else:
+            return  # not (or no longer) inside the scope
+        for aid in reversed(chain):
+            if aid not in emitted:
+                emitted.add(aid)
+                entries.append((aid, False, None))
+
     for item, gone, parent_id in picked:
         if gone:
+            parents_first(parent_id)
             entries.append((item.id, True, parent_id))
             continue
-        if since == 0 or not exclude_parent:
-            # Parents before children, and the changed item's parents in the hierarchy too.
-            chain: list[str] = []
-            cur = drive.items.get(item.parent_id) if item.parent_id and item.id != fid else None
-            while cur is not None:
-                chain.append(cur.id)
-                if cur.id == fid:
-                    break
-                cur = drive.items.get(cur.parent_id) if cur.parent_id else None
-            for aid in reversed(chain):
-                if aid not in emitted:
-                    emitted.add(aid)
-                    entries.append((aid, False, None))
+        parents_first(item.parent_id if item.id != fid else None)
         if item.id not in emitted:
             emitted.add(item.id)
             entries.append((item.id, False, None))

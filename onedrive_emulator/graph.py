@@ -54,6 +54,7 @@ from .state import (
     new_secret,
     utcnow,
 )
+from .subscriptions import handle as handle_subscriptions
 from .uploads import session_status
 
 bp = Blueprint("emulator_graph", __name__)
@@ -135,6 +136,8 @@ def _dispatch(state: EmulatorState, token: AccessToken, account: Account, rest: 
     if rest == "me/drives":
         _only(method, "GET")
         return graph_json({"value": [drive_json(state, account, request.url_root)]})
+    if rest == "subscriptions" or rest.startswith("subscriptions/"):
+        return handle_subscriptions(state, token, account, rest)
     match = _DRIVE.match(rest)
     if not match:
         raise GraphProblem(

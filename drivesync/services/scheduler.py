@@ -14,6 +14,8 @@ then, per user and under ``user_scope``, :func:`reconcile_user`:
    once the quota shows room;
 4. keep the connection alive: refresh tokens unused for ``TOKEN_KEEPALIVE_DAYS`` (Microsoft
    drops refresh tokens left unused for 90 days);
+   then ``subscriptions.maintain``: renew the change-notification subscription at its
+   ``renew_at``, recreate it when Graph answers 404, create it when missing (webhooks only);
 5. :func:`check_remote_changes`: the place for the next issue's delta check (a no-op today);
 6. failure notices (``services.notices``): open, notify once, close episodes.
 
@@ -45,7 +47,7 @@ from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..models import File, ImportJob, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
-from . import autosync, failures, imports, notices, runs, sync
+from . import autosync, failures, imports, notices, runs, subscriptions, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -167,6 +169,7 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
     ).scalar_one_or_none()
     if integration is not None and integration.active:
         _keep_alive(user_id, integration, now)
+        subscriptions.maintain(user_id, now)  # renew ahead of expiry, recreate, or create
         if integration.paused_at is None:
             start_due_work(user_id, now)
             check_remote_changes(user_id)

@@ -6,10 +6,14 @@ Location, latest state per item, no parentReference.path, properties omitted per
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import requests
+
+from onedrive_emulator import delta as delta_module
+from onedrive_emulator.items import commit_file, ensure_folders
 
 from .conftest import ALEX, MEGAN, Env
 from .test_graph import assert_graph_error
@@ -262,7 +266,10 @@ def test_personal_deleted_item_keeps_name_without_size_or_ctag(
     env.admin.modify_item(ALEX, "Sync/a.txt", b"a")
     _, link, _ = drain(http, f"{env.graph}/me/drive/root:/Sync:/delta")
     env.admin.delete_item(ALEX, "Sync/a.txt")
-    (deleted,) = [c for c in drain(http, link)[0] if "deleted" in c]
+    changes = drain(http, link)[0]
+    assert [c["name"] for c in changes] == ["Sync", "a.txt"]  # its parent changed too
+    assert [c["name"] for c in drain(http, link, deltaExcludeParent="true")[0]] == ["a.txt"]
+    (deleted,) = [c for c in changes if "deleted" in c]
     assert deleted["name"] == "a.txt" and "size" not in deleted and "cTag" not in deleted
     assert "file" in deleted
 
@@ -360,3 +367,57 @@ def test_graph_patch_and_delete_with_a_minted_token_show_in_delta(
     changes = by_id(drain(http, link)[0])
     assert "deleted" in changes[a["id"]] and "deleted" in changes[b["id"]]
     assert outside["id"] not in changes
+
+
+def _bulk_folder(env: Env, count: int) -> None:
+    """Create ``count`` files under /Sync directly in the emulator's state (setup speed only)."""
+    state = env.server.state
+    with state.lock:
+        account = state.account(ALEX)
+        assert account is not None
+        drive = state.drive_of(account)
+        folder = ensure_folders(state, drive, drive.items[drive.root_id], ["Sync"])
+        for i in range(count):
+            tmp = state.tmp_path()
+            with open(tmp, "wb") as fh:
+                fh.write(b"x")
+            commit_file(state, account, drive, folder, f"f{i:05}.txt", "fail", tmp, 1, "AQ==")
+
+
+@pytest.mark.slow
+def test_ten_thousand_items_enumerate_once_per_window(
+    env: Env, http: requests.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _bulk_folder(env, 10_000)
+    computed = []
+    original = delta_module.compute
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        computed.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(delta_module, "compute", counting)
+    started = time.monotonic()
+    items, link, pages = drain(http, f"{env.graph}/me/drive/root:/Sync:/delta")
+    elapsed = time.monotonic() - started
+    assert pages == 51 and len(items) == 10_001 and len(by_id(items)) == 10_001
+    assert computed == [1]  # the window is computed once, not once per page
+    assert elapsed < 30, elapsed
+    env.admin.modify_item(ALEX, "Sync/f04242.txt", b"one change")
+    changes, _, pages = drain(http, link)
+    assert pages == 1 and [c["name"] for c in changes] == ["Sync", "f04242.txt"]
+
+
+def test_approot_delta_and_a_page_token_of_another_folder(env: Env, http: requests.Session) -> None:
+    uploaded = http.put(
+        f"{env.graph}/me/drive/special/approot:/a.txt:/content", data=b"a", timeout=5
+    ).json()
+    items, link, _ = drain(http, f"{env.graph}/me/drive/special/approot/delta")
+    assert [i["id"] for i in items][1:] == [uploaded["id"]]
+    assert link.startswith(f"{env.graph}/me/drive/special/approot/delta?token=")
+    for i in range(3):
+        env.admin.modify_item(ALEX, f"Sync/f{i}.txt", b"x")
+    page = http.get(f"{env.graph}/me/drive/root:/Sync:/delta?$top=1", timeout=5).json()
+    token = page["@odata.nextLink"].split("token=")[1]
+    other = http.get(f"{env.graph}/me/drive/root/delta?token={token}", timeout=5)
+    assert_graph_error(other, 410, "resyncRequired")
