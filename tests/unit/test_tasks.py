@@ -113,3 +113,26 @@ def test_inline_block_runs_jobs_in_the_caller(app: Flask, calls: list[dict[str, 
     assert calls[0]["thread"] == threading.get_ident()
     with app.app_context():
         assert tasks.backend() == "thread"
+
+
+def test_import_job_runs_on_each_backend(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMPORT is handed over by name: eager runs it here, thread in the pool, Celery by name."""
+    from drivesync.services import imports
+
+    ran: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(
+        imports, "run_import", lambda job_id, uid: ran.append((job_id, uid, threading.get_ident()))
+    )
+    with app.app_context():
+        assert tasks.enqueue_import(1, 2) is None
+        app.config["TASK_BACKEND"] = "thread"
+        tasks.init_app(app)
+        future = tasks.enqueue_import(3, 4)
+        assert future is not None
+        future.result(timeout=10)
+    assert ran[0] == (1, 2, threading.get_ident())
+    assert ran[1][:2] == (3, 4) and ran[1][2] != threading.get_ident()
+    app.config.update(TASK_BACKEND="celery", CELERY_BROKER_URL="redis://127.0.0.1:1/0")
+    tasks.init_app(app)
+    app.extensions["celery"].tasks[tasks.IMPORT](5, 6)
+    assert ran[2][:2] == (5, 6)
