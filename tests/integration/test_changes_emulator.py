@@ -124,7 +124,9 @@ def test_edit_on_both_sides_is_a_conflict(
     check(app, alice)
     with app.app_context(), user_scope(alice):
         db.session.execute(
-            db.update(File).where(File.id == fid).values(
+            db.update(File)
+            .where(File.id == fid)
+            .values(
                 onedrive_sync_status="not_synced", content_hash="0" * 64, quick_xor_hash="x" * 27
             )
         )

@@ -263,7 +263,13 @@ def test_a_listing_without_a_delta_link_or_a_foreign_link_is_never_applied(
 ) -> None:
     """A nextLink to another host is refused (the bearer token stays home); nothing applied."""
     fid = tracked(user, make_file, "a.txt", "A")
-    graph.get(START, json={"value": [], "@odata.nextLink": "https://evil.example/v1.0/me/drive/items/x/delta?token=1"})  # noqa: E501
+    graph.get(
+        START,
+        json={
+            "value": [],
+            "@odata.nextLink": "https://evil.example/v1.0/me/drive/items/x/delta?token=1",
+        },
+    )  # noqa: E501
     due_now(user)
     assert changes.check(user) is None
     assert [c.request.url for c in graph.calls] == [f"{START}?%24top=200"]
@@ -281,9 +287,9 @@ def test_410_enumerates_again_from_the_location_and_reconciles(
                            "@odata.deltaLink": f"{START}?token=old"})  # fmt: skip
     due_now(user)
     assert changes.check(user) is not None
+    gone = {"code": "resyncRequired", "innerError": {"code": "resyncChangesApplyDifferences"}}
     graph.get(f"{START}?token=old", status=410, headers={"Location": f"{START}?token=fresh"},
-              json={"error": {"code": "resyncRequired",
-                              "innerError": {"code": "resyncChangesApplyDifferences"}}})  # fmt: skip
+              json={"error": gone})  # fmt: skip
     graph.get(f"{START}?token=fresh", json={"value": [item("A", "a.txt")],
                                             "@odata.deltaLink": f"{START}?token=new"})  # fmt: skip
     due_now(user)
