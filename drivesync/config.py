@@ -109,6 +109,9 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "AUTOSYNC_DEBOUNCE_SECONDS": _env_int(env, "DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS", 5),
         "SCHEDULER_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_SCHEDULER_INTERVAL_SECONDS", 30),
         "RUN_REQUEUE_SECONDS": _env_int(env, "DRIVESYNC_RUN_REQUEUE_SECONDS", 120),
+        # Changes made in OneDrive (services/changes.py): the delta check's period without
+        # change notifications (with them, a daily backstop check).
+        "DELTA_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_DELTA_INTERVAL", 900),
         "TOKEN_KEEPALIVE_DAYS": _env_int(env, "DRIVESYNC_TOKEN_KEEPALIVE_DAYS", 30),
         "FAILURE_NOTICE_HOURS": _env_int(env, "DRIVESYNC_FAILURE_NOTICE_HOURS", 24),
         # The first wait before a failed file is tried again (doubling up to six hours).
@@ -213,6 +216,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError("DRIVESYNC_RUN_REQUEUE_SECONDS must be at least 1")
     if cfg["SCHEDULER_INTERVAL_SECONDS"] < 1:
         raise ConfigError("DRIVESYNC_SCHEDULER_INTERVAL_SECONDS must be at least 1")
+    if cfg["DELTA_INTERVAL_SECONDS"] < 1:
+        raise ConfigError("DRIVESYNC_DELTA_INTERVAL must be at least 1 (seconds)")
     if cfg["TOKEN_KEEPALIVE_DAYS"] < 1 or cfg["TOKEN_KEEPALIVE_DAYS"] > 80:
         raise ConfigError(
             "DRIVESYNC_TOKEN_KEEPALIVE_DAYS must be between 1 and 80 (tokens die at 90)"

@@ -46,6 +46,9 @@ file_synced = _signals.signal("file-synced")  # item_id, etag, size, replaced (b
 file_failed = _signals.signal("file-failed")  # reason, kind ("transient"|"permanent"|"user")
 file_conflict = _signals.signal("file-conflict")  # reason
 conflict_resolved = _signals.signal("conflict-resolved")  # action
+# A change made in OneDrive to a tracked file: change ("edited"|"renamed"|"deleted"|"restored"),
+# item_id, name (the new name of a rename or restore)
+file_remote_changed = _signals.signal("file-remote-changed")
 data_exported = _signals.signal("data-exported")
 # Microsoft refused this server's own app credentials (reason: client_secret_expired|…): the
 # operator must act; users are not asked to reconnect. Sent per failed token request.

@@ -66,8 +66,11 @@ class GraphError(Exception):
         request_id: str | None = None,
         retry_after: float | None = None,
         retryable: bool | None = None,
+        location: str | None = None,
     ) -> None:
         self.status = status
+        # A 410 from delta carries where to enumerate again (driveItem-delta, "Response").
+        self.location = location
         self.code = code or (f"http{status}" if status else "error")
         self.message = redact(message)
         self.inner_code = inner_code
@@ -257,6 +260,7 @@ def from_response(resp: requests.Response, *, secrets: tuple[str | None, ...] = 
         inner_code=inner_code,
         request_id=request_id,
         retry_after=retry_after,
+        location=resp.headers.get("Location") if status == 410 else None,
     )
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import undefer
 
 from .. import events
@@ -24,7 +24,7 @@ from ..graph import oauth, urls
 from ..graph.client import GraphClient
 from ..graph.errors import AuthError
 from ..graph.retry import Pacer
-from ..models import File, Integration, OAuthToken, User, utcnow
+from ..models import File, Integration, OAuthToken, RemoteItem, RemoteItemChange, User, utcnow
 from ..scope import user_scope
 from ..vault import Vault, development_keys
 from .errors import ServiceError
@@ -407,6 +407,8 @@ def complete_connect(
     integration.quota_used = quota.get("used")
     integration.quota_total = quota.get("total")
     integration.connected_at = utcnow()
+    # The first delta check (the initial enumeration of the folder) runs at the next tick.
+    integration.delta_due_at = integration.connected_at
     db.session.flush()
     save_token(integration, token)
     db.session.commit()
@@ -415,6 +417,14 @@ def complete_connect(
 
 
 def _reset_file_links(user_id: int) -> None:
+    # The mirror and the cursor describe the other account's drive.
+    db.session.execute(delete(RemoteItem).where(RemoteItem.user_id == user_id))
+    db.session.execute(delete(RemoteItemChange).where(RemoteItemChange.user_id == user_id))
+    db.session.execute(
+        update(Integration)
+        .where(Integration.user_id == user_id)
+        .values(delta_link=None, delta_checked_at=None, remote_new_count=0)
+    )
     db.session.execute(
         update(File)
         .where(File.owner_id == user_id)

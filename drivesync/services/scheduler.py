@@ -16,7 +16,8 @@ then, per user and under ``user_scope``, :func:`reconcile_user`:
    drops refresh tokens left unused for 90 days);
    then ``subscriptions.maintain``: renew the change-notification subscription at its
    ``renew_at``, recreate it when Graph answers 404, create it when missing (webhooks only);
-5. :func:`check_remote_changes`: the place for the next issue's delta check (a no-op today);
+5. :func:`check_remote_changes`: the delta check of the sync folder when it is due
+   (``services.changes``: edits, renames, moves and deletions made in OneDrive);
 6. failure notices (``services.notices``): open, notify once, close episodes.
 
 The database is the source of truth; queues only carry wake-ups, so a lost message or a Redis
@@ -47,7 +48,7 @@ from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..models import File, ImportJob, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
-from . import autosync, failures, imports, notices, runs, subscriptions, sync
+from . import autosync, changes, failures, imports, notices, runs, subscriptions, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -172,7 +173,7 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
         subscriptions.maintain(user_id, now)  # renew ahead of expiry, recreate, or create
         if integration.paused_at is None:
             start_due_work(user_id, now)
-            check_remote_changes(user_id)
+            check_remote_changes(user_id, now)
     notices.evaluate(user_id, now)
     db.session.commit()
 
@@ -186,11 +187,9 @@ def wake_user(user_id: int) -> None:
             db.session.rollback()
 
 
-def check_remote_changes(user_id: int) -> None:
-    """Check OneDrive for changes made there (the next issue's delta query goes here).
-
-    Called once per tick for every connected, unpaused user with due work; a no-op today.
-    """
+def check_remote_changes(user_id: int, now: datetime | None = None) -> None:
+    """Check OneDrive for changes made there when the delta check is due (services/changes)."""
+    changes.check_if_due(user_id, now)
 
 
 # -- runs ------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from .. import events, tasks
 from ..extensions import db
 from ..graph.types import DriveItem
 from ..models import File, Integration, SyncRun, utcnow
-from . import library
+from . import autosync, library
 from .errors import Conflict, NotFound, ServiceError, ValidationError
 from .runs import ACTIVE_RUN_STATUSES
 from .transfer import (
@@ -300,6 +300,82 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action=action)
     db.session.commit()
     return _enqueue(run, user_id, resolve=action)
+
+
+# -- changes made in OneDrive (services/changes.py decides the states) -----------------------------
+
+_FORGET_ITEM = {
+    "onedrive_id": None,
+    "onedrive_etag": None,
+    "onedrive_ctag": None,
+    "onedrive_path": None,
+    "onedrive_web_url": None,
+    "onedrive_name": None,
+    "synced_content_hash": None,
+    "upload_url": None,
+    "upload_expires_at": None,
+    "bytes_sent": 0,
+    "onedrive_error": None,
+    "onedrive_note": None,
+    "skipped_hash": None,
+}
+
+
+def keep_library_version(user_id: int, file_id: int) -> SyncRun | None:
+    """OneDrive has a newer version and the user keeps the library's: replace OneDrive's copy.
+
+    The same one-file run as a conflict's *Replace* (the decision is stored on the run).
+    """
+    f = library.get_file(user_id, file_id)
+    if f.onedrive_sync_status != "remote_changed":
+        raise Conflict("OneDrive has no newer version of this file.")
+    _serialise_requests(load_integration(user_id).id)
+    if _active_run(user_id) is not None:
+        raise Conflict("A sync is already running; try again when it has finished.")
+    moved = update_sync_status(
+        user_id, file_id, "conflict", expected="remote_changed", commit=False
+    )
+    if not moved:
+        raise Conflict("OneDrive has no newer version of this file.")
+    run = _create_run(user_id, [f.id], f.size, statuses=("conflict",))
+    if not run.total:
+        raise Conflict("OneDrive has no newer version of this file.")
+    run.resolve = "replace"
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="keep_library")
+    db.session.commit()
+    return _enqueue(run, user_id, resolve="replace")
+
+
+def upload_again(user_id: int, file_id: int) -> File:
+    """Upload a file deleted in OneDrive (or kept only in the library) again, as a new item."""
+    f = library.get_file(user_id, file_id)
+    if not update_sync_status(
+        user_id,
+        file_id,
+        "not_synced",
+        expected=("remote_deleted", "local_only"),
+        commit=False,
+        **_FORGET_ITEM,
+    ):
+        raise Conflict("This file is not deleted in OneDrive.")
+    autosync.mark_due(user_id)  # automatic sync takes it (Sync All does in any case)
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="upload_again")
+    db.session.commit()
+    db.session.refresh(f)
+    return f
+
+
+def keep_only_in_library(user_id: int, file_id: int) -> File:
+    """Keep a file deleted in OneDrive only in the library: no sync uploads it until asked."""
+    f = library.get_file(user_id, file_id)
+    if not update_sync_status(
+        user_id, file_id, "local_only", expected="remote_deleted", commit=False, **_FORGET_ITEM
+    ):
+        raise Conflict("This file is not deleted in OneDrive.")
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="keep_only")
+    db.session.commit()
+    db.session.refresh(f)
+    return f
 
 
 # -- reading progress ------------------------------------------------------------------------------

@@ -1,0 +1,139 @@
+"""The delta feed of one folder, page by page (``driveItem: delta``). No Flask, no database.
+
+Microsoft's rules followed here (https://learn.microsoft.com/graph/api/driveitem-delta and the
+OneDrive scan guidance, https://learn.microsoft.com/onedrive/developer/rest-api/concepts/scan-guidance):
+
+- A first call without a token enumerates the folder's whole hierarchy; each page carries
+  ``@odata.nextLink`` until the last, which carries ``@odata.deltaLink``: the cursor to store.
+  Calling the deltaLink later returns only what changed since.
+- "The same item may appear more than once in a delta feed, for various reasons. You should use
+  the last occurrence you see": the caller keys items by id, last one wins.
+- Delta items carry no ``parentReference.path``; items are tracked by id.
+- Deleted items carry the ``deleted`` facet (on OneDrive for Business without a ``name``); an item
+  moved out of the folder is reported deleted to it.
+- ``410 Gone``: the token is no longer valid. The ``Location`` header gives the URL of a fresh
+  enumeration; the error (``resyncRequired``, with ``resyncChangesApplyDifferences`` or
+  ``resyncChangesUploadDifferences`` as the inner code, or as the code) says how to reconcile.
+- Pages are yielded as they arrive: memory stays flat in the folder's size. Nothing is acted on
+  here; the caller must not apply anything before the deltaLink (a partial listing is not one).
+
+Links are followed only when they point at the configured Graph origin and at a delta path
+(``…/delta``): a link that would send the bearer token elsewhere, or walk another resource, is
+refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import quote, unquote, urlsplit
+
+from drivesync.graph.client import GraphClient
+from drivesync.graph.errors import GraphError
+from drivesync.graph.types import DriveItem
+
+PAGE_SIZE = 200
+RESYNC_CODES = ("resyncChangesApplyDifferences", "resyncChangesUploadDifferences", "resyncRequired")
+
+
+@dataclass(frozen=True)
+class DeltaPage:
+    """One page of a delta enumeration: its items, and the link to the next page or the cursor."""
+
+    items: list[DriveItem]
+    next_link: str | None
+    delta_link: str | None
+
+
+class DeltaGone(GraphError):
+    """``410 Gone``: enumerate again (from :attr:`location` when Graph gave one)."""
+
+    def __init__(self, kind: str, location: str | None) -> None:
+        super().__init__(
+            "The delta token is no longer valid; OneDrive asks for a full resync.",
+            status=410,
+            code="resyncRequired",
+            inner_code=kind,
+            retryable=False,
+            location=location,
+        )
+        self.kind = kind
+
+    @property
+    def upload_differences(self) -> bool:
+        """Return whether Graph said to upload our differences (unsure which side is newer)."""
+        return self.kind == "resyncChangesUploadDifferences"
+
+
+def folder_delta_url(client: GraphClient, drive_id: str | None, folder_id: str) -> str:
+    """Return the URL that starts a full enumeration of ``folder_id`` (by id, never by path)."""
+    item = quote(folder_id, safe="")
+    if drive_id:
+        return client.url(f"/drives/{quote(drive_id, safe='')}/items/{item}/delta")
+    return client.url(f"/me/drive/items/{item}/delta")
+
+
+def is_delta_link(link: str, base_url: str) -> bool:
+    """Return whether ``link`` is a delta URL on the Graph origin (same scheme, host and root).
+
+    Dot segments (raw or percent-encoded) and empty segments are refused, as for browse's page
+    links: ``requests`` removes dot segments before sending, so a substring test is not enough.
+    """
+    try:
+        parts, base = urlsplit(link), urlsplit(base_url.rstrip("/"))
+    except ValueError:
+        return False
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.fragment:
+        return False
+    if not parts.path.startswith(base.path + "/"):
+        return False
+    segments = [unquote(s) for s in parts.path[len(base.path) + 1 :].split("/")]
+    if any(s in ("", ".", "..") or "/" in s for s in segments):
+        return False
+    last = segments[-1]
+    if not (last == "delta" or last.startswith("delta(")):
+        return False
+    return segments[0] in ("me", "drives")
+
+
+def _gone(exc: GraphError, base_url: str) -> DeltaGone:
+    kind = next(
+        (c for c in (exc.inner_code, exc.code) if c in RESYNC_CODES and c != "resyncRequired"),
+        "resyncRequired",
+    )
+    location = exc.location if exc.location and is_delta_link(exc.location, base_url) else None
+    return DeltaGone(kind, location)
+
+
+def pages(client: GraphClient, start: str) -> Iterator[DeltaPage]:
+    """Yield the pages of the enumeration that starts at ``start``, up to the deltaLink.
+
+    Raise :class:`DeltaGone` on ``410 Gone``, ``GraphError`` on anything else (after the
+    client's own retries), and ``GraphError(code="badDeltaLink")`` for a link we refuse.
+    """
+    url: str | None = start
+    first = True
+    while url is not None:
+        if not is_delta_link(url, client.base_url):
+            raise GraphError("refusing a delta link outside Graph", code="badDeltaLink")
+        params = {"$top": PAGE_SIZE} if first and "token=" not in url else None
+        try:
+            body = client.get_json(url, params=params)
+        except GraphError as exc:
+            if exc.status == 410:
+                raise _gone(exc, client.base_url) from None
+            raise
+        first = False
+        value = body.get("value")
+        if not isinstance(value, list):
+            raise GraphError("a delta page without a value list", code="badDeltaPage")
+        next_link = body.get("@odata.nextLink")
+        delta_link = body.get("@odata.deltaLink")
+        if not next_link and not delta_link:
+            raise GraphError("a delta page without nextLink or deltaLink", code="badDeltaPage")
+        items: list[DriveItem] = [
+            cast(DriveItem, i) for i in value if isinstance(i, dict) and i.get("id")
+        ]
+        yield DeltaPage(items, next_link or None, delta_link if not next_link else None)
+        url = next_link or None
