@@ -294,28 +294,30 @@ def import_version(file_id: int) -> Any:
 def keep_library_version(file_id: int) -> Any:
     """Keep the library's version of a file OneDrive has a newer version of (uploaded again)."""
     sync_service.keep_library_version(current_user.id, file_id)
-    return _after_file_action(file_id)
+    return _after_file_action(
+        file_id, "The library's version is being uploaded, replacing OneDrive's copy."
+    )
 
 
 @bp.post("/files/<int:file_id>/upload-again")
 @login_required
 def upload_again(file_id: int) -> Any:
     """Upload again a file deleted in OneDrive (or kept only in the library)."""
-    sync_service.upload_again(current_user.id, file_id)
-    return _after_file_action(file_id)
+    f = sync_service.upload_again(current_user.id, file_id)
+    return _after_file_action(file_id, f"{f.original_name} goes to OneDrive with the next sync.")
 
 
 @bp.post("/files/<int:file_id>/keep-only-in-library")
 @login_required
 def keep_only_in_library(file_id: int) -> Any:
     """Keep a file deleted in OneDrive only in the library (until Upload again)."""
-    sync_service.keep_only_in_library(current_user.id, file_id)
-    return _after_file_action(file_id)
+    f = sync_service.keep_only_in_library(current_user.id, file_id)
+    return _after_file_action(file_id, f"{f.original_name} is kept only in the library.")
 
 
 POLICY_SAVED = {
     "ask": "Files deleted in OneDrive will wait for your choice.",
-    "upload": "Files deleted in OneDrive will be uploaded again.",
+    "upload": "Files deleted in OneDrive go back to OneDrive with the next sync.",
     "keep": "Files deleted in OneDrive will be kept only in the library.",
 }
 

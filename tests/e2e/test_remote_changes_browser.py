@@ -92,7 +92,7 @@ def test_remote_rename_delete_and_edit_show_on_the_page(
     """Rename, then delete a synced file in OneDrive; then edit it twice. Each change shows
     within one interval, and each action of each state works from the library page."""
     live = live_server
-    live.app.config["DELTA_INTERVAL"] = INTERVAL  # DRIVESYNC_DELTA_INTERVAL
+    live.app.config["DELTA_INTERVAL_SECONDS"] = INTERVAL  # DRIVESYNC_DELTA_INTERVAL
     s = seed_account(page, live, "remote@example.com")
     fid = add_file(live, s.user_id, "report.pdf", b"%PDF-1.4 first")
     page.goto(live.url + "/settings/onedrive/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 import pytest
 
@@ -64,9 +65,8 @@ def test_plain_form_import_redirects_to_the_job_page(client, app, alice, emu):
     assert "Import from OneDrive" in page and "scan.pdf" in page
 
 
-def test_htmx_refusal_goes_to_the_flash_area(client, app, alice, emu, monkeypatch):
+def test_htmx_refusal_goes_to_the_flash_area(client, app, alice, emu):
     """A refused import answers 200 retargeted to #flashes, never a 4xx."""
-    monkeypatch.setattr(changes, "status", lambda uid: None, raising=False)  # delta's, until merged
     item = emu.modify_item(ALEX, "/drivesync/big.bin", b"x" * (2 * 1024 * 1024))
     app.config["MAX_UPLOAD_MB"] = 1
     r = client.post(
@@ -106,25 +106,31 @@ def test_others_jobs_and_files_are_not_found(client, app, alice, make_user, make
 
 
 def test_browse_marks_new_items_and_shows_imports_under_way(client, app, alice, emu, monkeypatch):
-    """Items no library file tracks are "New in OneDrive"; an item being imported shows progress."""
-    first = emu.modify_item(ALEX, "/drivesync/new.pdf", b"n")
+    """Items the delta check found and no library file tracks are "New in OneDrive"; an item
+    being imported shows its progress instead of the Import button."""
+    emu.modify_item(ALEX, "/drivesync/new.pdf", b"n")
     second = emu.modify_item(ALEX, "/drivesync/coming.pdf", b"c")
-    asked: list[list[str]] = []
-
-    def untracked(uid: int, ids: list[str]) -> set[str]:  # delta's, until it is merged
-        asked.append(sorted(ids))
-        return {first["id"]}
-
-    monkeypatch.setattr(changes, "untracked_item_ids", untracked, raising=False)
+    tracked = emu.modify_item(ALEX, "/drivesync/tracked.pdf", b"t")
+    with app.app_context(), user_scope(alice):
+        changes.request_check(alice, min_gap=timedelta(0))
+        assert changes.check(alice) is not None
     monkeypatch.setattr(tasks, "enqueue_import", lambda *a: None)
-    client.post(
-        "/settings/onedrive/import",
-        data={"csrf_token": csrf_token(client), "item_id": second["id"]},
-        headers=HX,
-    )
+    for item in (tracked, second):
+        client.post(
+            "/settings/onedrive/import",
+            data={"csrf_token": csrf_token(client), "item_id": item["id"]},
+            headers=HX,
+        )
+    with app.app_context():
+        tasks.import_job(1, alice)  # tracked.pdf is imported; coming.pdf stays queued
     html = client.get("/settings/onedrive/browse").get_data(as_text=True)
-    assert asked == [sorted([first["id"], second["id"]])]
-    new_row = re.search(r'<tr data-name="new.pdf">(.*?)</tr>', html, re.S).group(1)
-    assert "New in OneDrive" in new_row and "Import to library" in new_row
-    coming = re.search(r'<tr data-name="coming.pdf">(.*?)</tr>', html, re.S).group(1)
-    assert "Waiting to import coming.pdf" in coming and "Import to library" not in coming
+
+    def row(name: str) -> str:
+        m = re.search(rf'<tr data-name="{re.escape(name)}">(.*?)</tr>', html, re.S)
+        assert m, name
+        return m.group(1)
+
+    assert "New in OneDrive" in row("new.pdf") and "Import to library" in row("new.pdf")
+    assert "New in OneDrive" not in row("tracked.pdf") and "In your library" in row("tracked.pdf")
+    assert "Waiting to import coming.pdf" in row("coming.pdf")
+    assert "Import to library" not in row("coming.pdf")

@@ -1,16 +1,14 @@
 """The pages and actions of the states issue 11 adds: badges, sentences, actions, policy, dashboard.
 
-Delta's functions (``changes.status``/``untracked_item_ids``/``set_policy`` and the three file
-actions of ``services/sync.py``) are replaced here by minimal stand-ins that record their calls,
-so these tests check the views and templates, not delta's engine.
+The actions are delta's (``services/sync.py``, ``services/changes.py``); these tests check that
+the views call them, answer htmx and plain forms, and show what they changed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,11 +17,22 @@ from sqlalchemy import update
 from drivesync.extensions import db
 from drivesync.models import File, Integration, utcnow
 from drivesync.scope import user_scope
-from drivesync.services import changes, sync
-from drivesync.services.errors import Conflict, NotFound
+from drivesync.services import changes
 from tests.conftest import csrf_token, db_rows
+from tests.fakes import FakeDrive
 
 HX = {"HX-Request": "true"}
+# Where each action leaves the file (Keep the library's version runs at once: eager backend).
+AFTER = {
+    "keep_library_version": "synced",
+    "upload_again": "not_synced",
+    "keep_only_in_library": "local_only",
+}
+MESSAGE = {
+    "keep_library_version": "The library&#39;s version is being uploaded",
+    "upload_again": "f.pdf goes to OneDrive with the next sync.",
+    "keep_only_in_library": "f.pdf is kept only in the library.",
+}
 ACTIONS = {
     "keep-library-version": "keep_library_version",
     "upload-again": "upload_again",
@@ -32,51 +41,9 @@ ACTIONS = {
 
 
 @pytest.fixture
-def delta(monkeypatch, app) -> SimpleNamespace:
-    """Stand-ins for delta's functions (until delta is merged); they record their calls."""
-    rec = SimpleNamespace(
-        calls=[],
-        status=SimpleNamespace(
-            checked_at=utcnow() - timedelta(minutes=3),
-            mode="polling",
-            interval_seconds=900,
-            new_count=3,
-            error=None,
-            due=None,
-        ),
-        new_ids=set(),
-    )
-
-    def action(name: str, to: str, allowed: tuple[str, ...]) -> Callable[[int, int], None]:
-        def run(user_id: int, file_id: int) -> None:
-            rec.calls.append((name, user_id, file_id))
-            f = db.session.get(File, file_id)
-            if f is None or f.owner_id != user_id:
-                raise NotFound("That file does not exist.")
-            if f.onedrive_sync_status not in allowed:
-                raise Conflict("That file is not in a state this applies to.")
-            db.session.execute(
-                update(File).where(File.id == file_id).values(onedrive_sync_status=to)
-            )
-            db.session.commit()
-
-        return run
-
-    def set_policy(user_id: int, policy: str) -> None:
-        rec.calls.append(("set_policy", user_id, policy))
-
-    monkeypatch.setattr(changes, "status", lambda uid: rec.status, raising=False)
-    monkeypatch.setattr(
-        changes, "untracked_item_ids", lambda uid, ids: rec.new_ids & set(ids), raising=False
-    )
-    monkeypatch.setattr(changes, "set_policy", set_policy, raising=False)
-    for attr, to, allowed in (
-        ("keep_library_version", "not_synced", ("remote_changed",)),
-        ("upload_again", "not_synced", ("remote_deleted", "local_only")),
-        ("keep_only_in_library", "local_only", ("remote_deleted",)),
-    ):
-        monkeypatch.setattr(sync, attr, action(attr, to, allowed), raising=False)
-    return rec
+def app_overrides(fake: FakeDrive) -> dict[str, Any]:
+    """Runs (Keep the library's version) go to an in-memory drive."""
+    return {"SYNC_DRIVE_FACTORY": lambda user_id: fake}
 
 
 @pytest.fixture
@@ -102,9 +69,7 @@ def library_row(html: str, fid: int) -> str:
     return m.group(1)
 
 
-def test_library_shows_each_new_state_with_its_sentence_and_actions(
-    app, client, alice, make_file, delta
-):
+def test_library_shows_each_new_state_with_its_sentence_and_actions(app, client, alice, make_file):
     """remote_changed, remote_deleted and local_only: badge, sentence, the right buttons."""
     changed = make_file(alice, "changed.pdf", b"c")
     deleted = make_file(alice, "deleted.pdf", b"d")
@@ -145,29 +110,39 @@ def test_a_file_renamed_or_moved_in_onedrive_says_where_it_is(app, client, alice
 
 
 def test_settings_list_offers_the_actions_and_dashboard_says_when_checked(
-    app, client, alice, make_file, delta
+    app, client, alice, make_file, monkeypatch
 ):
     """The settings page lists the new states with actions swapping #pending; the dashboard
     says when and how OneDrive is checked and how many new files the folder has."""
     fid = make_file(alice, "deleted.pdf", b"d")
     set_file(app, alice, fid, onedrive_sync_status="remote_deleted", onedrive_id="i2")
+    with app.app_context(), user_scope(alice):
+        db.session.execute(
+            update(Integration).values(
+                delta_checked_at=utcnow() - timedelta(minutes=3), remote_new_count=3
+            )
+        )
+        db.session.commit()
     html = client.get("/settings/onedrive/").get_data(as_text=True)
     m = re.search(rf'<tr id="pending-{fid}".*?</tr>', html, re.S)
     assert m and "Deleted in OneDrive." in m.group(0)
-    assert f'hx-post="/settings/onedrive/files/{fid}/upload-again" hx-target="#pending"' in m.group(
-        0
-    )
+    action = f'hx-post="/settings/onedrive/files/{fid}/upload-again" hx-target="#pending"'
+    assert action in m.group(0)
     assert "OneDrive last checked" in html and "3 minutes ago" in html
     assert "(every 15 minutes)" in html
-    assert re.search(
-        r'<a href="/settings/onedrive/browse">3 new files in your OneDrive folder</a>', html
-    )
-    delta.status.mode, delta.status.new_count = "live", 1
+    link = '<a href="/settings/onedrive/browse">3 new files in your OneDrive folder</a>'
+    assert link in html
+    real = changes.status
+
+    def live(user_id: int) -> Any:
+        return replace(real(user_id), mode="live", new_count=1)
+
+    monkeypatch.setattr(changes, "status", live)
     html = client.get("/settings/onedrive/").get_data(as_text=True)
     assert "(live updates)" in html and "1 new file in your OneDrive folder" in html
 
 
-def test_opening_settings_requests_a_check(app, client, alice, delta):
+def test_opening_settings_requests_a_check(app, client, alice):
     """The settings page makes a delta check due (request_check, at most once a minute)."""
     client.get("/settings/onedrive/")
     [i] = db_rows(app, Integration, alice)
@@ -175,7 +150,7 @@ def test_opening_settings_requests_a_check(app, client, alice, delta):
 
 
 @pytest.mark.parametrize(("path", "attr"), ACTIONS.items())
-def test_each_action_answers_htmx_with_the_list(app, client, alice, make_file, delta, path, attr):
+def test_each_action_answers_htmx_with_the_list(app, client, alice, make_file, path, attr):
     """Each action calls its service and answers the refreshed list (htmx) or a redirect."""
     fid = make_file(alice, "f.pdf", b"f")
     start = "remote_changed" if attr == "keep_library_version" else "remote_deleted"
@@ -186,7 +161,8 @@ def test_each_action_answers_htmx_with_the_list(app, client, alice, make_file, d
     )
     assert r.status_code == 200 and "HX-Retarget" not in r.headers
     assert 'id="pending"' in r.get_data(as_text=True)
-    assert delta.calls == [(attr, alice, fid)]
+    [f] = db_rows(app, File, alice)
+    assert f.onedrive_sync_status == AFTER[attr]
     # Once applied, the same action is refused in the flash area (never a 4xx for htmx).
     r = client.post(
         f"/settings/onedrive/files/{fid}/{path}", data={"csrf_token": token}, headers=HX
@@ -195,9 +171,7 @@ def test_each_action_answers_htmx_with_the_list(app, client, alice, make_file, d
 
 
 @pytest.mark.parametrize(("path", "attr"), ACTIONS.items())
-def test_each_action_from_the_library_goes_back_there(
-    app, client, alice, make_file, delta, path, attr
-):
+def test_each_action_from_the_library_goes_back_there(app, client, alice, make_file, path, attr):
     """From the library (a ``next`` field) the answer is HX-Redirect back, with a message."""
     fid = make_file(alice, "f.pdf", b"f")
     start = "remote_changed" if attr == "keep_library_version" else "remote_deleted"
@@ -209,13 +183,13 @@ def test_each_action_from_the_library_goes_back_there(
     )
     assert r.status_code == 204 and r.headers["HX-Redirect"] == "/library/?sort=name"
     html = client.get("/library/").get_data(as_text=True)
-    assert "f.pdf: " in html
+    assert MESSAGE[attr] in html
+    [f] = db_rows(app, File, alice)
+    assert f.onedrive_sync_status == AFTER[attr]
 
 
 @pytest.mark.parametrize("path", [*ACTIONS, "import-version"])
-def test_actions_need_csrf_and_hide_others_files(
-    app, client, alice, make_user, make_file, delta, path
-):
+def test_actions_need_csrf_and_hide_others_files(app, client, alice, make_user, make_file, path):
     """No CSRF token: refused. Another user's file: 404 (htmx: the message, 200)."""
     bob = make_user("bob@example.com")
     theirs = make_file(bob, "theirs.pdf", b"t")
@@ -231,7 +205,7 @@ def test_actions_need_csrf_and_hide_others_files(
     assert f.onedrive_sync_status == "remote_deleted"
 
 
-def test_policy_form_saves_with_csrf(app, client, alice, delta):
+def test_policy_form_saves_with_csrf(app, client, alice):
     """The policy form shows the current choice, needs CSRF and refuses unknown values."""
     html = client.get("/settings/onedrive/").get_data(as_text=True)
     assert re.search(r'name="policy" value="ask" checked', html)
@@ -241,6 +215,7 @@ def test_policy_form_saves_with_csrf(app, client, alice, delta):
     assert r.status_code == 400
     r = client.post("/settings/onedrive/policy", data={"csrf_token": token, "policy": "keep"})
     assert r.status_code == 303
-    assert ("set_policy", alice, "keep") in delta.calls
+    [i] = db_rows(app, Integration, alice)
+    assert i.remote_policy == "keep"
     html = client.get("/settings/onedrive/").get_data(as_text=True)
     assert "Files deleted in OneDrive will be kept only in the library." in html
