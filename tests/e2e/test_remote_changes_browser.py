@@ -119,8 +119,14 @@ def test_remote_rename_delete_and_edit_show_on_the_page(
         _until(page, library, _says(page, fid, "Deleted in OneDrive."), within)
         live.shot(page, "library-deleted-in-onedrive", doc=True)
         _row(page, fid).get_by_role("button", name="Keep only in the library").click()
+        expect(page.locator("#flashes")).to_contain_text(
+            "report.pdf is kept only in the library.", timeout=T
+        )
         expect(_row(page, fid)).to_contain_text("Kept only in the library.", timeout=T)
         _row(page, fid).get_by_role("button", name="Upload again").click()
+        expect(page.locator("#flashes")).to_contain_text(
+            "report.pdf goes to OneDrive with the next sync.", timeout=T
+        )
         expect(_row(page, fid)).not_to_contain_text("Kept only in the library.", timeout=T)
         page.goto(live.url + "/settings/onedrive/")
         if page.locator("#sync-all").is_enabled():
@@ -133,6 +139,9 @@ def test_remote_rename_delete_and_edit_show_on_the_page(
         _until(page, library, _says(page, fid, "OneDrive has a newer version."), within)
         live.shot(page, "library-newer-in-onedrive")
         _row(page, fid).get_by_role("button", name="Import OneDrive's version").click()
+        expect(page.locator("#flashes")).to_contain_text(
+            "OneDrive's version of report.pdf", timeout=T
+        )
         _until(page, library, _badge(page, fid, "synced"), within)
         with live.app.app_context(), user_scope(s.user_id):
             f = db.session.get(File, fid)
@@ -144,10 +153,10 @@ def test_remote_rename_delete_and_edit_show_on_the_page(
         live.emu.modify_item(ALEX, PATH, b"%PDF-1.4 another edit, made on a tablet")
         _until(page, library, _says(page, fid, "OneDrive has a newer version."), within)
         _row(page, fid).get_by_role("button", name="Keep the library's version").click()
-        page.goto(live.url + "/settings/onedrive/")
-        if page.locator("#sync-all").is_enabled():
-            page.get_by_role("button", name="Sync All").click()
-        _until(page, library, _badge(page, fid, "synced"), within)
+        expect(page.locator("#flashes")).to_contain_text(
+            "The library's version is being uploaded, replacing OneDrive's copy.", timeout=T
+        )
+        _until(page, library, _badge(page, fid, "synced"), within)  # its own run, no Sync All
         with live.app.app_context(), user_scope(s.user_id):
             f = db.session.get(File, fid)
             assert f is not None
