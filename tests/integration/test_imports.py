@@ -175,8 +175,10 @@ def test_scheduler_recovers_a_lost_import_then_gives_up(app, alice, emu, held, m
         assert alice in scheduler.tick(stale)
     job = _job(app, alice, job_id)
     assert (job.status, job.error) == ("failed", imports.INTERRUPTED)
+    sent = len(held)
     with app.app_context():
-        assert alice not in scheduler.tick(stale + timedelta(hours=1))
+        scheduler.tick(stale + timedelta(hours=1))  # a closed job is not recovered again
+    assert len(held) == sent and _job(app, alice, job_id).status == "failed"
 
 
 def test_a_recovered_job_runs_to_the_end(app, alice, emu, held):
