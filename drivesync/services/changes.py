@@ -55,7 +55,7 @@ from ..models import (
     RemoteItemChange,
     utcnow,
 )
-from . import autosync, failures
+from . import autosync, failures, library
 from .errors import ServiceError, ValidationError
 from .integrations import NotConnected, ReauthRequired, graph_client_for
 from .transfer import changed
@@ -104,9 +104,7 @@ BACKSTOP = timedelta(days=1)  # with live change notifications, one delta check 
 APPLY_CHUNK = 500  # staged rows applied per query batch (memory stays flat)
 REMOTE_DELETED_MESSAGE = "Deleted in OneDrive (or moved out of your sync folder)."
 REMOTE_CHANGED_MESSAGE = "OneDrive has a newer version of this file."
-BOTH_CHANGED_MESSAGE = (
-    "Changed both here and in OneDrive since the last sync. Choose which to keep."
-)
+BOTH_CHANGED_MESSAGE = library.BOTH_SIDES_CHANGED
 UNSURE_MESSAGE = (
     "OneDrive could not tell which version is newer after a full resync. Choose which to keep."
 )

@@ -19,6 +19,9 @@ from .storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
 
+# The sentence of services/changes.BOTH_CHANGED_MESSAGE (library sits below it).
+BOTH_SIDES_CHANGED = "Changed both here and in OneDrive since the last sync. Choose which to keep."
+
 SORTS = {
     "name": (File.original_name.asc(), File.id.asc()),
     "-name": (File.original_name.desc(), File.id.desc()),
@@ -250,6 +253,17 @@ def replace_file(
                 File.onedrive_sync_status.in_(("synced", "error")),
             )
             .values(onedrive_sync_status="not_synced", onedrive_error=None)
+        )
+        # OneDrive already had a newer version: now both sides changed (the conflict's
+        # choices). A remote_deleted file keeps its question; a local_only one stays local.
+        db.session.execute(
+            update(File)
+            .where(
+                File.id == f.id,
+                File.owner_id == owner_id,
+                File.onedrive_sync_status == "remote_changed",
+            )
+            .values(onedrive_sync_status="conflict", onedrive_error=BOTH_SIDES_CHANGED)
         )
     try:
         db.session.commit()

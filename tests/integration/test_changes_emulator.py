@@ -4,6 +4,7 @@ Runs on SQLite and, in the PostgreSQL pass, as the app role under row-level secu
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -236,3 +237,21 @@ def test_new_files_are_counted_and_known_to_browse(
         }
         status = changes.status(alice)
         assert status is not None and status.new_count == 2 and status.mode == "polling"
+
+
+def test_replacing_a_file_onedrive_changed_makes_a_conflict(
+    app: Flask, client: FlaskClient, alice: int, make_file: Any, emu: EmulatorAdmin
+) -> None:
+    """OneDrive has a newer version and the user uploads another here: both sides changed."""
+    fid = synced_file(app, client, alice, make_file, "draft.txt")
+    check(app, alice)
+    emu.modify_item(ALEX, "/drivesync/draft.txt", b"theirs")
+    check(app, alice)
+    r = client.post(
+        f"/library/{fid}/replace",
+        data={"csrf_token": csrf_token(client), "file": (io.BytesIO(b"ours, newer"), "draft.txt")},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code in (302, 303)
+    f = state(app, alice, fid)
+    assert (f.onedrive_sync_status, f.onedrive_error) == ("conflict", changes.BOTH_CHANGED_MESSAGE)
