@@ -57,7 +57,7 @@ SYNC_STATES: dict[str, tuple[str, str]] = {
     "syncing": ("syncing", "Being uploaded to OneDrive."),
     "synced": ("synced", "In OneDrive."),
     "error": ("failed", "The last upload to OneDrive failed."),
-    "conflict": ("conflict", "Changed both here and in OneDrive: choose which copy to keep."),
+    "conflict": ("conflict", "Changed both here and in OneDrive since the last sync."),
     "remote_changed": ("newer in OneDrive", "OneDrive has a newer version."),
     "remote_deleted": ("deleted in OneDrive", "Deleted in OneDrive."),
     "local_only": ("library only", "Kept only in the library."),

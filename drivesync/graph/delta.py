@@ -66,12 +66,20 @@ class DeltaGone(GraphError):
         return self.kind == "resyncChangesUploadDifferences"
 
 
-def folder_delta_url(client: GraphClient, drive_id: str | None, folder_id: str) -> str:
-    """Return the URL that starts a full enumeration of ``folder_id`` (by id, never by path)."""
-    item = quote(folder_id, safe="")
-    if drive_id:
-        return client.url(f"/drives/{quote(drive_id, safe='')}/items/{item}/delta")
-    return client.url(f"/me/drive/items/{item}/delta")
+def folder_delta_url(
+    client: GraphClient, drive_id: str | None, folder_id: str, drive_type: str | None = "personal"
+) -> str:
+    """Return the URL that starts a full enumeration covering ``folder_id`` (by id, never path).
+
+    Personal OneDrive tracks any folder. Graph documents delta on a work or school drive (and a
+    SharePoint library) on its root (``GET /drives/{drive-id}/root/delta``, driveItem-delta,
+    "HTTP request"), and older notes say other folders are not supported there: those drives
+    are read from the root, and the caller keeps what lies below the sync folder.
+    """
+    drive = f"/drives/{quote(drive_id, safe='')}" if drive_id else "/me/drive"
+    if drive_type == "personal":
+        return client.url(f"{drive}/items/{quote(folder_id, safe='')}/delta")
+    return client.url(f"{drive}/root/delta")
 
 
 def is_delta_link(link: str, base_url: str) -> bool:

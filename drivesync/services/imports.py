@@ -397,15 +397,13 @@ def _keep_version(
     run: _Run, f: File, item: DriveItem, incoming: IncomingFile, storage: LocalStorage
 ) -> None:
     user_id, file_id = run.user_id, f.id
-    f = library.replace_file(user_id, file_id, incoming, storage)
-    # replace_file leaves remote_changed as it is: the new bytes are OneDrive's, so synced.
-    moved = changed(
-        files_of(user_id)
-        .where(File.id == file_id, File.onedrive_sync_status == "remote_changed")
-        .values(onedrive_sync_status="synced", **synced_fields(item, f.content_hash))
+    # The new bytes are OneDrive's: remote_changed -> synced in the same transaction.
+    f = library.replace_file(
+        user_id,
+        file_id,
+        incoming,
+        storage,
+        onedrive_version=synced_fields(item, incoming.sha256),
     )
-    db.session.commit()
-    if not moved:
-        logger.info("import of a version of file %s: it changed state meanwhile", file_id)
     run.finish("done", file_id=file_id, bytes_done=f.size)
     logger.info("user %s imported OneDrive's version of file %s", user_id, file_id)

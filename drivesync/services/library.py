@@ -6,6 +6,7 @@ import logging
 import mimetypes
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, update
 
@@ -13,11 +14,14 @@ from .. import events
 from ..extensions import db
 from ..graph.names import MAX_FILE_SIZE, validate_name
 from ..models import File, utcnow
-from .errors import NotFound, ValidationError
+from .errors import Conflict, NotFound, ValidationError
 from .paging import Pagination
 from .storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
+
+# The sentence of services/changes.BOTH_CHANGED_MESSAGE (library sits below it).
+BOTH_SIDES_CHANGED = "Changed both here and in OneDrive since the last sync. Choose which to keep."
 
 SORTS = {
     "name": (File.original_name.asc(), File.id.asc()),
@@ -214,9 +218,19 @@ def list_files(owner_id: int, sort: str = DEFAULT_SORT, page: int = 1, per_page:
 
 
 def replace_file(
-    owner_id: int, file_id: int, incoming: IncomingFile, storage: LocalStorage
+    owner_id: int,
+    file_id: int,
+    incoming: IncomingFile,
+    storage: LocalStorage,
+    *,
+    onedrive_version: dict[str, Any] | None = None,
 ) -> File:
-    """Store a new version of the owner's file; a synced file goes back to ``not_synced``."""
+    """Store a new version of the owner's file; a synced file goes back to ``not_synced``.
+
+    ``onedrive_version``: the bytes are OneDrive's newer version of a ``remote_changed`` file
+    (an import): in the same transaction the file goes ``remote_changed → synced`` with these
+    columns, or nothing is kept (``Conflict``) when it left that state meanwhile.
+    """
     try:
         f = get_file(owner_id, file_id)
     except NotFound:
@@ -239,7 +253,24 @@ def replace_file(
         update(File).where(File.id == f.id, File.owner_id == owner_id).values(**values)
     )
     events.file_replaced.send(None, user_id=owner_id, file_id=f.id, size=incoming.size)
-    if changed:
+    if onedrive_version is not None:
+        took = db.session.execute(
+            update(File)
+            .where(
+                File.id == f.id,
+                File.owner_id == owner_id,
+                File.onedrive_sync_status == "remote_changed",
+            )
+            .values(onedrive_sync_status="synced", **onedrive_version)
+        ).rowcount  # type: ignore[attr-defined]  # CursorResult has rowcount
+        if not took:
+            db.session.rollback()
+            storage.delete(new)
+            raise Conflict(
+                "This file changed in your library meanwhile, so OneDrive's version was not "
+                "imported."
+            )
+    elif changed:
         # synced -> not_synced, error -> not_synced; a file mid-upload keeps "syncing" and the
         # engine, seeing the version move, leaves it not_synced when it finishes.
         db.session.execute(
@@ -250,6 +281,17 @@ def replace_file(
                 File.onedrive_sync_status.in_(("synced", "error")),
             )
             .values(onedrive_sync_status="not_synced", onedrive_error=None)
+        )
+        # OneDrive already had a newer version: now both sides changed (the conflict's
+        # choices). A remote_deleted file keeps its question; a local_only one stays local.
+        db.session.execute(
+            update(File)
+            .where(
+                File.id == f.id,
+                File.owner_id == owner_id,
+                File.onedrive_sync_status == "remote_changed",
+            )
+            .values(onedrive_sync_status="conflict", onedrive_error=BOTH_SIDES_CHANGED)
         )
     try:
         db.session.commit()

@@ -4,6 +4,7 @@ Runs on SQLite and, in the PostgreSQL pass, as the app role under row-level secu
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -19,7 +20,7 @@ from drivesync.services import changes, sync
 from drivesync.services.changes import CheckResult
 from onedrive_emulator.client import EmulatorAdmin
 from tests.conftest import csrf_token
-from tests.fixtures_emulator import ALEX
+from tests.fixtures_emulator import ALEX, MEGAN
 
 pytestmark = pytest.mark.emulator
 
@@ -236,3 +237,52 @@ def test_new_files_are_counted_and_known_to_browse(
         }
         status = changes.status(alice)
         assert status is not None and status.new_count == 2 and status.mode == "polling"
+
+
+def test_replacing_a_file_onedrive_changed_makes_a_conflict(
+    app: Flask, client: FlaskClient, alice: int, make_file: Any, emu: EmulatorAdmin
+) -> None:
+    """OneDrive has a newer version and the user uploads another here: both sides changed."""
+    fid = synced_file(app, client, alice, make_file, "draft.txt")
+    check(app, alice)
+    emu.modify_item(ALEX, "/drivesync/draft.txt", b"theirs")
+    check(app, alice)
+    r = client.post(
+        f"/library/{fid}/replace",
+        data={"csrf_token": csrf_token(client), "file": (io.BytesIO(b"ours, newer"), "draft.txt")},
+        content_type="multipart/form-data",
+    )
+    assert r.status_code in (302, 303)
+    f = state(app, alice, fid)
+    assert (f.onedrive_sync_status, f.onedrive_error) == ("conflict", changes.BOTH_CHANGED_MESSAGE)
+
+
+def test_a_business_drive_is_read_from_its_root_and_only_the_folder_counts(
+    app: Flask,
+    client: FlaskClient,
+    make_user: Callable[..., int],
+    login: Callable[[int], None],
+    connect: Any,
+    make_file: Any,
+    emu: EmulatorAdmin,
+) -> None:
+    """Work or school: root delta (documented there), the rest of the drive ignored, moves out
+    of the folder (a file, or a whole subfolder) read as deletions."""
+    uid = make_user("bob@example.com")
+    login(uid)
+    assert connect(MEGAN).status_code == 303
+    fid = synced_file(app, client, uid, make_file, "contract.pdf")
+    emu.modify_item(MEGAN, "/elsewhere/private.txt", b"not ours")
+    emu.modify_item(MEGAN, "/drivesync/sub/inner.txt", b"inside")
+    first = check(app, uid)
+    assert first.new_count == 1  # inner.txt; private.txt is outside the sync folder
+    log = [r["path"] for r in emu.requests_log() if r["path"].endswith("/delta")]
+    assert log and all("/root/delta" in p for p in log)
+    emu.move_item(MEGAN, "/drivesync/contract.pdf", "/elsewhere")
+    emu.move_item(MEGAN, "/drivesync/sub", "/elsewhere")
+    result = check(app, uid)
+    assert state(app, uid, fid).onedrive_sync_status == "remote_deleted"
+    assert result.new_count == 0  # inner.txt left with its folder
+    with app.app_context(), user_scope(uid):
+        names = set(db.session.execute(db.select(RemoteItem.name)).scalars())
+    assert "private.txt" not in names and "inner.txt" not in names
