@@ -107,6 +107,8 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "TASK_THREADS": _env_int(env, "DRIVESYNC_TASK_THREADS", 2),
         # Automatic sync and the scheduler (services/autosync.py, services/scheduler.py).
         "AUTOSYNC_DEBOUNCE_SECONDS": _env_int(env, "DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS", 5),
+        # Seconds between delta checks of the OneDrive folder without change notifications.
+        "DELTA_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_DELTA_INTERVAL", 900),
         "SCHEDULER_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_SCHEDULER_INTERVAL_SECONDS", 30),
         "RUN_REQUEUE_SECONDS": _env_int(env, "DRIVESYNC_RUN_REQUEUE_SECONDS", 120),
         "TOKEN_KEEPALIVE_DAYS": _env_int(env, "DRIVESYNC_TOKEN_KEEPALIVE_DAYS", 30),
@@ -203,6 +205,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "DRIVESYNC_AUDIT_RETENTION_DAYS and DRIVESYNC_EXPORT_LINK_MINUTES must be at least 1"
         )
+    if not 10 <= cfg["DELTA_INTERVAL_SECONDS"] <= 86400:
+        raise ConfigError("DRIVESYNC_DELTA_INTERVAL must be between 10 and 86400 seconds")
     if cfg["AUTOSYNC_DEBOUNCE_SECONDS"] < 0:
         raise ConfigError("DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS must be 0 or more")
     if cfg["RUN_REQUEUE_SECONDS"] < 1:

@@ -55,6 +55,8 @@ class GraphError(Exception):
     """An error answered by Microsoft Graph or the identity platform, or met on the way there."""
 
     default_human = "OneDrive returned an unexpected error."
+    #: The ``Location`` header of a ``410 Gone`` delta answer: where to enumerate again.
+    location: str | None = None
 
     def __init__(
         self,
@@ -250,7 +252,7 @@ def from_response(resp: requests.Response, *, secrets: tuple[str | None, ...] = 
     if not message:
         message = resp.reason or ""
     cls = _class_for(status, code)
-    return cls(
+    err = cls(
         redact(message, *secrets),
         status=status,
         code=code,
@@ -258,6 +260,9 @@ def from_response(resp: requests.Response, *, secrets: tuple[str | None, ...] = 
         request_id=request_id,
         retry_after=retry_after,
     )
+    if status == 410:
+        err.location = resp.headers.get("Location") or None
+    return err
 
 
 def network_error(exc: BaseException) -> GraphError:

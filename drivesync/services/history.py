@@ -28,6 +28,9 @@ _SIGNALS = {
     events.file_failed: "failed",
     events.file_conflict: "conflict",
     events.conflict_resolved: "resolved",
+    events.file_remote_changed: "remote_changed",
+    events.file_remote_moved: "remote_moved",
+    events.file_remote_deleted: "remote_deleted",
 }
 
 
@@ -42,6 +45,11 @@ def _detail(kind: str, kw: dict[str, Any]) -> str | None:
         return str(kw.get("reason") or "")[:600] or None
     if kind == "resolved":
         return str(kw.get("action") or "")[:600] or None
+    if kind == "remote_moved":
+        return f"{kw.get('old_path') or ''} → {kw.get('new_path') or ''}"[:600]
+    if kind == "remote_deleted":
+        return {"not_synced": "uploaded again by your setting", "local_only":
+                "kept only in the library by your setting"}.get(str(kw.get("outcome")))  # fmt: skip
     if kind == "synced" and kw.get("replaced"):
         return "replaced the OneDrive copy"
     if kind == "deleted":

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
 from flask import current_app
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import undefer
 
 from .. import events
@@ -24,7 +24,7 @@ from ..graph import oauth, urls
 from ..graph.client import GraphClient
 from ..graph.errors import AuthError
 from ..graph.retry import Pacer
-from ..models import File, Integration, OAuthToken, User, utcnow
+from ..models import File, Integration, OAuthToken, RemoteItem, User, utcnow
 from ..scope import user_scope
 from ..vault import Vault, development_keys
 from .errors import ServiceError
@@ -394,6 +394,9 @@ def complete_connect(
     elif integration.account_id and integration.account_id != account_id:
         logger.info("user %s switched Microsoft account; resetting OneDrive links", user_id)
         _reset_file_links(user_id)
+        # The other account's folder mirror and delta cursor are of no use: enumerate afresh.
+        integration.delta_link = None
+        db.session.execute(delete(RemoteItem).where(RemoteItem.integration_id == integration.id))
     quota = drive.get("quota") or {}
     integration.status = "active"
     integration.status_reason = None
@@ -407,6 +410,8 @@ def complete_connect(
     integration.quota_used = quota.get("used")
     integration.quota_total = quota.get("total")
     integration.connected_at = utcnow()
+    # The first delta check of the folder is due now (services/changes.py).
+    integration.delta_due_at = integration.connected_at
     db.session.flush()
     save_token(integration, token)
     db.session.commit()

@@ -19,6 +19,11 @@ from .storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
 
+# The same sentence as transfer.BOTH_CHANGED_MESSAGE (library sits below transfer).
+BOTH_SIDES_CHANGED = (
+    "Both this file and its OneDrive copy changed since the last sync. Choose which to keep."
+)
+
 SORTS = {
     "name": (File.original_name.asc(), File.id.asc()),
     "-name": (File.original_name.desc(), File.id.desc()),
@@ -250,6 +255,18 @@ def replace_file(
                 File.onedrive_sync_status.in_(("synced", "error")),
             )
             .values(onedrive_sync_status="not_synced", onedrive_error=None)
+        )
+        # OneDrive already had a newer version: both sides changed now (the conflict's
+        # choices). A local_only file stays local_only (only "Upload again" sends it), and
+        # remote_deleted stays until the user chooses.
+        db.session.execute(
+            update(File)
+            .where(
+                File.id == f.id,
+                File.owner_id == owner_id,
+                File.onedrive_sync_status == "remote_changed",
+            )
+            .values(onedrive_sync_status="conflict", onedrive_error=BOTH_SIDES_CHANGED)
         )
     try:
         db.session.commit()

@@ -44,7 +44,7 @@ from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..models import File, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
-from . import autosync, failures, notices, runs, sync
+from . import autosync, changes, failures, notices, runs, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -167,7 +167,7 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
         _keep_alive(user_id, integration, now)
         if integration.paused_at is None:
             start_due_work(user_id, now)
-            check_remote_changes(user_id)
+            check_remote_changes(user_id, now)
     notices.evaluate(user_id, now)
     db.session.commit()
 
@@ -181,11 +181,18 @@ def wake_user(user_id: int) -> None:
             db.session.rollback()
 
 
-def check_remote_changes(user_id: int) -> None:
-    """Check OneDrive for changes made there (the next issue's delta query goes here).
+def check_remote_changes(user_id: int, now: datetime | None = None) -> None:
+    """Run the delta check of the user's OneDrive folder when it is due (``delta_due_at``).
 
-    Called once per tick for every connected, unpaused user with due work; a no-op today.
+    Called for every connected, unpaused user with due work; ``changes.check`` records its own
+    failure (error, backoff) and never raises for a Graph or network failure.
     """
+    now = now or utcnow()
+    due = db.session.execute(
+        db.select(Integration.delta_due_at).where(Integration.user_id == user_id)
+    ).scalar_one_or_none()
+    if due is not None and due <= now:
+        changes.check(user_id, now)
 
 
 # -- runs ------------------------------------------------------------------------------------------
