@@ -394,8 +394,11 @@ def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
                 client, user_id, integration_id, folder_id, start, drive_id
             )
         except ResyncNeeded as gone:
-            # https://learn.microsoft.com/graph/api/driveitem-delta (410 Gone): enumerate the
-            # folder again from the Location (or from scratch) and reconcile against the mirror.
+            # https://learn.microsoft.com/graph/api/driveitem-delta (410 Gone): the token is
+            # no longer valid; enumerate the folder again from the Location (or from scratch)
+            # and reconcile against the mirror. A resync is a full re-enumeration: what it does
+            # not list is no longer in the folder ("replace any local items with the server's
+            # version (including deletes)"). The mirror upserts by id: nothing is duplicated.
             _discard_staged(integration_id)
             db.session.commit()
             resync = gone.resync_code
@@ -405,11 +408,7 @@ def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
             delta_link, items = _enumerate(
                 client, user_id, integration_id, folder_id, restart, drive_id
             )
-            if restart is not None:
-                # The Location's enumeration may not list every item: only a scratch
-                # enumeration proves an item gone. Items it did not list stay in the mirror.
-                resync = resync + ":partial"
-        full = start is None or (resync is not None and not resync.endswith(":partial"))
+        full = start is None or resync is not None
         result = _apply(user_id, integration_id, folder_id, policy, delta_link, full, resync, now)
     except Exception as exc:
         db.session.rollback()
@@ -541,9 +540,7 @@ def _apply(
     # An item whose parent chain no longer reaches the folder left it (a subfolder moved out
     # takes its children along even when the feed lists only the subfolder).
     parents = dict(
-        db.session.execute(
-            db.select(RemoteItem.item_id, RemoteItem.parent_id).where(scope)
-        ).tuples()
+        db.session.execute(db.select(RemoteItem.item_id, RemoteItem.parent_id).where(scope)).all()
     )
     stray = [i for i in parents if not _reaches(i, folder_id, parents)]
     if stray:
@@ -610,7 +607,7 @@ def _folder_paths(integration_id: int, folder_id: str, folder_path: str) -> dict
             db.select(RemoteItem.item_id, RemoteItem.parent_id, RemoteItem.name).where(
                 RemoteItem.integration_id == integration_id, RemoteItem.is_folder.is_(True)
             )
-        ).tuples()
+        ).all()
     )
     paths = {folder_id: "/" + folder_path.strip("/")}
 
