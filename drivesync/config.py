@@ -107,10 +107,11 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "TASK_THREADS": _env_int(env, "DRIVESYNC_TASK_THREADS", 2),
         # Automatic sync and the scheduler (services/autosync.py, services/scheduler.py).
         "AUTOSYNC_DEBOUNCE_SECONDS": _env_int(env, "DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS", 5),
-        # Seconds between delta checks of the OneDrive folder without change notifications.
-        "DELTA_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_DELTA_INTERVAL", 900),
         "SCHEDULER_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_SCHEDULER_INTERVAL_SECONDS", 30),
         "RUN_REQUEUE_SECONDS": _env_int(env, "DRIVESYNC_RUN_REQUEUE_SECONDS", 120),
+        # Changes made in OneDrive (services/changes.py): the delta check's period without
+        # change notifications (with them, a daily backstop check).
+        "DELTA_INTERVAL_SECONDS": _env_int(env, "DRIVESYNC_DELTA_INTERVAL", 900),
         "TOKEN_KEEPALIVE_DAYS": _env_int(env, "DRIVESYNC_TOKEN_KEEPALIVE_DAYS", 30),
         "FAILURE_NOTICE_HOURS": _env_int(env, "DRIVESYNC_FAILURE_NOTICE_HOURS", 24),
         # The first wait before a failed file is tried again (doubling up to six hours).
@@ -142,6 +143,10 @@ def load_config(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "SMTP_URL": env.get("DRIVESYNC_SMTP_URL", ""),
         # The site's public address for links in mails (else MS_REDIRECT_URI's, else the request's).
         "PUBLIC_URL": env.get("DRIVESYNC_PUBLIC_URL", ""),
+        # Graph change notifications (services/subscriptions.py): auto = on when PUBLIC_URL is
+        # https, on = required (refuses to start without an https PUBLIC_URL), off = poll only.
+        "WEBHOOKS": env.get("DRIVESYNC_WEBHOOKS", "auto").strip().lower(),
+        "WEBHOOK_RATE_LIMIT": env.get("DRIVESYNC_WEBHOOK_RATE_LIMIT", "120 per minute"),
         "MAIL_FROM": env.get("DRIVESYNC_MAIL_FROM", "drivesync <no-reply@localhost>"),
         # Host names the app answers to (comma-separated); empty accepts any Host header.
         "TRUSTED_HOSTS": [
@@ -205,14 +210,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         raise ConfigError(
             "DRIVESYNC_AUDIT_RETENTION_DAYS and DRIVESYNC_EXPORT_LINK_MINUTES must be at least 1"
         )
-    if not 10 <= cfg["DELTA_INTERVAL_SECONDS"] <= 86400:
-        raise ConfigError("DRIVESYNC_DELTA_INTERVAL must be between 10 and 86400 seconds")
     if cfg["AUTOSYNC_DEBOUNCE_SECONDS"] < 0:
         raise ConfigError("DRIVESYNC_AUTOSYNC_DEBOUNCE_SECONDS must be 0 or more")
     if cfg["RUN_REQUEUE_SECONDS"] < 1:
         raise ConfigError("DRIVESYNC_RUN_REQUEUE_SECONDS must be at least 1")
     if cfg["SCHEDULER_INTERVAL_SECONDS"] < 1:
         raise ConfigError("DRIVESYNC_SCHEDULER_INTERVAL_SECONDS must be at least 1")
+    if cfg["DELTA_INTERVAL_SECONDS"] < 1:
+        raise ConfigError("DRIVESYNC_DELTA_INTERVAL must be at least 1 (seconds)")
     if cfg["TOKEN_KEEPALIVE_DAYS"] < 1 or cfg["TOKEN_KEEPALIVE_DAYS"] > 80:
         raise ConfigError(
             "DRIVESYNC_TOKEN_KEEPALIVE_DAYS must be between 1 and 80 (tokens die at 90)"
@@ -243,6 +248,11 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
             "DRIVESYNC_UPLOAD_FRAGMENT_MB must give a multiple of 320 KiB up to 60 MiB "
             "(5, 10, 15 … 60)"
         )
+    if cfg.get("WEBHOOKS", "auto") not in ("auto", "on", "off"):
+        raise ConfigError("DRIVESYNC_WEBHOOKS must be auto, on or off")
+    if cfg.get("WEBHOOKS") == "on" and not str(cfg.get("PUBLIC_URL") or "").startswith("https://"):
+        # Graph delivers change notifications only to an https:// notificationUrl.
+        raise ConfigError("DRIVESYNC_WEBHOOKS=on needs an https:// DRIVESYNC_PUBLIC_URL")
     if cfg.get("ENV_NAME") == "production" and not cfg.get("TESTING"):
         if cfg["SECRET_KEY"] in KNOWN_BAD_SECRETS or len(cfg["SECRET_KEY"]) < 32:
             raise ConfigError(

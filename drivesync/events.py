@@ -46,11 +46,9 @@ file_synced = _signals.signal("file-synced")  # item_id, etag, size, replaced (b
 file_failed = _signals.signal("file-failed")  # reason, kind ("transient"|"permanent"|"user")
 file_conflict = _signals.signal("file-conflict")  # reason
 conflict_resolved = _signals.signal("conflict-resolved")  # action
-# Seen in OneDrive's delta feed (services/changes.py): item_id; moved also old_path/new_path,
-# deleted also outcome (the file's new status: remote_deleted | not_synced | local_only).
+# A change made in OneDrive to a tracked file: change ("edited"|"renamed"|"deleted"|"restored"),
+# item_id, name (the new name of a rename or restore)
 file_remote_changed = _signals.signal("file-remote-changed")
-file_remote_moved = _signals.signal("file-remote-moved")
-file_remote_deleted = _signals.signal("file-remote-deleted")
 data_exported = _signals.signal("data-exported")
 # Microsoft refused this server's own app credentials (reason: client_secret_expired|…): the
 # operator must act; users are not asked to reconnect. Sent per failed token request.

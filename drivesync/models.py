@@ -261,6 +261,7 @@ class SyncRun(Model):
     __tablename__ = "sync_runs"
     __table_args__ = (
         CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        CheckConstraint("resolve IS NULL OR resolve IN ('keep_both', 'replace')", name="resolve"),
         Index("idx_sync_runs_status", "status"),
     )
 
@@ -281,6 +282,9 @@ class SyncRun(Model):
     # When the scheduler last sent this run to the queue, and how often it had to.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # A conflict decision (keep_both | replace) this run carries out: stored, so a run queued
+    # again after its message or worker was lost still does what the user chose.
+    resolve: Mapped[str | None] = mapped_column(String(16))
 
     @property
     def finished(self) -> bool:

@@ -62,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="milliseconds added to every request except the admin API",
     )
+    parser.add_argument(
+        "--notify-ca",
+        default=None,
+        help="CA file to trust for change-notification URLs (default: the system's roots)",
+    )
     args = parser.parse_args(argv)
     clients = []
     for c in args.clients or []:
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             quiet=not args.verbose,
             tls=args.tls,
             latency=args.latency_ms / 1000,
+            notify_ca=args.notify_ca,
         )
         server.start()
     except (RuntimeError, ValueError, OSError) as exc:

@@ -36,6 +36,17 @@ Routes (JSON bodies; every answer is JSON):
 ``POST   /_emulator/accounts/<email>/quota-exceeded``        ``on``: uploads answer 507
 ``PUT    /_emulator/accounts/<email>/items/<path>``          raw body = new content (server-side
                                                              change: new eTag, cTag, hash)
+``DELETE /_emulator/accounts/<email>/items/<path>``          delete (and its descendants), as
+                                                             from another device
+``POST   /_emulator/accounts/<email>/rename``                ``path``, ``new_name``: new eTag,
+                                                             same cTag -> listing entry
+``POST   /_emulator/accounts/<email>/move``                  ``path``, ``new_parent_path`` ("/"
+                                                             = root; must exist): new eTag, same
+                                                             cTag -> listing entry
+``POST   /_emulator/faults/delta-gone``                      ``code`` resyncChangesApply|Upload-
+                                                             Differences|resyncRequired,
+                                                             ``count``: the next delta requests
+                                                             with a token answer 410 + Location
 ``GET    /_emulator/accounts/<email>/items``                 path, id, size, quickXorHash, eTag,
                                                              cTag, folder
 ``GET    /_emulator/requests``                               request log: method, path, query,
@@ -46,6 +57,17 @@ Routes (JSON bodies; every answer is JSON):
 ``DELETE /_emulator/requests``                               clear the request log
 ``POST   /_emulator/reset``                                  wipe drives, tokens, faults, log;
                                                              keep registered clients
+``GET    /_emulator/subscriptions``                          change-notification subscriptions
+                                                             (subscriptions.py), clientState and
+                                                             owner included
+``POST   /_emulator/subscriptions/<id>/lifecycle``           ``event``: reauthorizationRequired|
+                                                             subscriptionRemoved|missed, sent to
+                                                             the lifecycle URL
+``POST   /_emulator/subscriptions/<id>/expire``              expire it now (404 from then on)
+``DELETE /_emulator/subscriptions/<id>``                     remove it silently
+``GET    /_emulator/notifications``                          delivery log: url, attempt, status
+``DELETE /_emulator/notifications``                          clear the delivery log
+``PUT    /_emulator/notifications/retry-base``               ``seconds``: first retry delay
 ==========================================================  ======================================
 """
 
@@ -60,8 +82,16 @@ from drivesync.graph.quickxor import QuickXorHash
 from .bodies import copy_body
 from .faults import FAIL_STATUSES
 from .identity import get_state, token_body
-from .items import GraphProblem, commit_file, ctag, ensure_folders, etag, resolve
-from .state import DEFAULT_QUOTA, Account, EmulatorState
+from .items import (
+    GraphProblem,
+    check_new_path,
+    commit_file,
+    ctag,
+    ensure_folders,
+    etag,
+    resolve,
+)
+from .state import DEFAULT_QUOTA, Account, Drive, EmulatorState, Item
 
 bp = Blueprint("emulator_admin", __name__, url_prefix="/_emulator")
 
@@ -250,6 +280,21 @@ def reset_connection() -> Response:
     return _arm("reset")
 
 
+@bp.post("/faults/delta-gone")
+def delta_gone() -> Response:
+    """Answer the next ``count`` delta requests carrying a token with 410 Gone and ``code``."""
+    body = _body()
+    state = get_state()
+    try:
+        with state.lock:
+            state.faults.arm_delta_gone(
+                str(body.get("code", "resyncChangesApplyDifferences")), int(body.get("count", 1))
+            )
+    except ValueError as exc:
+        return _bad(str(exc))
+    return jsonify({"ok": True})
+
+
 @bp.get("/latency")
 def get_latency() -> Response:
     """Return the delay added to every non-admin request."""
@@ -333,6 +378,79 @@ def modify_item(email: str, path: str) -> Response:
         except GraphProblem as p:
             return _bad(p.message, p.status)
         return jsonify(_listing(state, account, item.id)[0])
+
+
+def _item_at(state: EmulatorState, drive: Drive, path: str) -> Item | None:
+    """Return the live item at ``path`` ("/" or "" = the root), or None."""
+    names = [p for p in path.split("/") if p]
+    where = resolve(state, drive, drive.items[drive.root_id], names)
+    return None if where.missing else where.item
+
+
+def _changed_elsewhere(change: str) -> Response:
+    """Rename, move or delete an item "from another device" (the Graph rules of PATCH/DELETE)."""
+    state = get_state()
+    email = str(request.view_args["email"]) if request.view_args else ""
+    account = _account(state, email)
+    if isinstance(account, Response):
+        return account
+    body = _body()
+    path = str(body.get("path") or (request.view_args or {}).get("path") or "")
+    drive = state.drive_of(account)
+    with state.lock:
+        try:
+            item = _item_at(state, drive, path)
+        except GraphProblem:
+            item = None
+        if item is None or item.parent_id is None:
+            return _bad(f"no item at {path!r} (the root cannot be changed)", 404)
+        if change == "delete":
+            state.delete_item(drive, item)
+            return jsonify({"ok": True})
+        parent = drive.items[item.parent_id]
+        name = item.name
+        if change == "rename":
+            name = str(body.get("new_name") or "")
+        else:
+            found = _item_at(state, drive, str(body.get("new_parent_path") or ""))
+            if found is None or not found.is_folder:
+                return _bad("the new parent folder does not exist", 404)
+            cur: Item | None = found
+            while cur is not None:
+                if cur.id == item.id:
+                    return _bad("a folder cannot be moved into itself", 400)
+                cur = drive.items.get(cur.parent_id) if cur.parent_id else None
+            parent = found
+        try:
+            check_new_path(state, drive, parent, [name])
+        except GraphProblem as p:
+            return _bad(p.message, p.status)
+        clash = state.child_named(drive, parent.id, name)
+        if clash is not None and clash.id != item.id:
+            return _bad("the specified item name already exists", 409)
+        # Like PATCH: a rename or move is a change to the item (new eTag), not to its content
+        # (same cTag): https://learn.microsoft.com/graph/api/resources/driveitem (eTag, cTag).
+        item.name, item.parent_id = name, parent.id
+        state.bump(item)
+        return jsonify(_listing(state, account, item.id)[0])
+
+
+@bp.delete("/accounts/<email>/items/<path:path>")
+def delete_item(email: str, path: str) -> Response:
+    """Delete an item (and its descendants) as if from another device."""
+    return _changed_elsewhere("delete")
+
+
+@bp.post("/accounts/<email>/rename")
+def rename_item(email: str) -> Response:
+    """Rename an item as if from another device: ``path``, ``new_name``."""
+    return _changed_elsewhere("rename")
+
+
+@bp.post("/accounts/<email>/move")
+def move_item(email: str) -> Response:
+    """Move an item as if from another device: ``path``, ``new_parent_path`` ("/" = root)."""
+    return _changed_elsewhere("move")
 
 
 @bp.get("/accounts/<email>/items")

@@ -33,22 +33,30 @@ class ProductionRefused(RuntimeError):
     """Raised when someone tries to run the emulator with DRIVESYNC_ENV=production."""
 
 
-def create_emulator_app(state: EmulatorState | None = None) -> Flask:
+def create_emulator_app(
+    state: EmulatorState | None = None, *, notify_ca: str | None = None
+) -> Flask:
     """Create the emulator app around ``state`` (a fresh one when omitted).
+
+    ``notify_ca`` names a CA file to trust for change-notification URLs (tests); without it
+    notifications verify TLS against the system's roots.
 
     Refuses to run when ``DRIVESYNC_ENV=production``: the emulator is for development and tests.
     """
     if os.environ.get("DRIVESYNC_ENV", "").strip().lower() == "production":
         raise ProductionRefused("The OneDrive emulator is never enabled in production.")
-    from . import admin, graph, identity, uploads
+    from . import admin, graph, identity, subscriptions, uploads
 
     app = Flask("onedrive_emulator")
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = None
-    app.extensions["drivesync_emulator"] = state or EmulatorState()
+    app.extensions["drivesync_emulator"] = state = state or EmulatorState()
     for module in (identity, graph, uploads, admin):
         app.register_blueprint(module.bp)
+    app.register_blueprint(subscriptions.admin_bp)
+    if notify_ca is not None:
+        subscriptions.configure(state, notify_ca=notify_ca)
     app.before_request(_inject_fault)
     app.after_request(_finish)
     return app

@@ -143,9 +143,63 @@ class EmulatorAdmin:
             "PUT", f"/accounts/{quote(email)}/items/{quote(path.lstrip('/'))}", data=content
         )
 
+    def rename_item(self, email: str, path: str, new_name: str) -> dict[str, Any]:
+        """Rename an item from another device (new eTag, same cTag); returns its listing entry."""
+        return self._call(
+            "POST", f"/accounts/{quote(email)}/rename", {"path": path, "new_name": new_name}
+        )
+
+    def move_item(self, email: str, path: str, new_parent_path: str) -> dict[str, Any]:
+        """Move an item from another device into ``new_parent_path`` ("/" = root; must exist)."""
+        return self._call(
+            "POST",
+            f"/accounts/{quote(email)}/move",
+            {"path": path, "new_parent_path": new_parent_path},
+        )
+
+    def delete_item(self, email: str, path: str) -> None:
+        """Delete an item (and its descendants) from another device."""
+        self._call("DELETE", f"/accounts/{quote(email)}/items/{quote(path.lstrip('/'))}")
+
+    def delta_gone(self, code: str = "resyncChangesApplyDifferences", count: int = 1) -> None:
+        """Answer the next ``count`` delta requests carrying a token with 410 Gone and ``code``.
+
+        ``code``: resyncChangesApplyDifferences, resyncChangesUploadDifferences or resyncRequired.
+        """
+        self._call("POST", "/faults/delta-gone", {"code": code, "count": count})
+
     def list_items(self, email: str) -> list[dict[str, Any]]:
         """List the account's items: path, id, size, quickXorHash, eTag, cTag, folder."""
         return self._call("GET", f"/accounts/{quote(email)}/items")
+
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        """Every change-notification subscription (expired ones too), clientState included."""
+        return self._call("GET", "/subscriptions")
+
+    def subscription_lifecycle(self, subscription_id: str, event: str) -> None:
+        """Send ``reauthorizationRequired``, ``subscriptionRemoved`` or ``missed`` to the
+        subscription's lifecycle URL (``subscriptionRemoved`` also removes it)."""
+        self._call("POST", f"/subscriptions/{quote(subscription_id)}/lifecycle", {"event": event})
+
+    def expire_subscription(self, subscription_id: str) -> None:
+        """Expire the subscription now: Graph answers 404 for it from then on."""
+        self._call("POST", f"/subscriptions/{quote(subscription_id)}/expire")
+
+    def delete_subscription(self, subscription_id: str) -> None:
+        """Remove the subscription on the server's side, without telling anyone."""
+        self._call("DELETE", f"/subscriptions/{quote(subscription_id)}")
+
+    def notifications_log(self) -> list[dict[str, Any]]:
+        """Deliveries so far: url, attempt, status (None = no answer), value."""
+        return self._call("GET", "/notifications")
+
+    def clear_notifications_log(self) -> None:
+        """Clear the delivery log."""
+        self._call("DELETE", "/notifications")
+
+    def set_notification_retry_base(self, seconds: float) -> None:
+        """Set the first retry delay of a failed delivery (doubling after each failure)."""
+        self._call("PUT", "/notifications/retry-base", {"seconds": seconds})
 
     def clear_faults(self) -> None:
         """Switch every fault off."""

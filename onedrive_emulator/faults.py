@@ -16,6 +16,12 @@ default) or ``graph`` (any request under ``/v1.0/``, e.g. a simple ``PUT …/con
   (``SO_LINGER`` 0): no FIN, no ``close_notify``.
 
 Each armed fault fires once per matching request, ``count`` times, in the order above.
+
+``delta_gone`` answers the next ``count`` delta requests that carry a token with ``410 Gone``
+and one of the resync codes from
+https://learn.microsoft.com/graph/api/driveitem-delta ("There may be cases when the service
+can't provide a list of changes for a given token ..."), plus the legacy ``resyncRequired``
+from https://learn.microsoft.com/onedrive/developer/rest-api/concepts/errors .
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 CONNECTION_FAULTS = ("drop", "lose", "reset")
 TARGETS = ("fragment", "graph")
 FAIL_STATUSES = (500, 502, 503, 504)
+RESYNC_CODES = ("resyncChangesApplyDifferences", "resyncChangesUploadDifferences", "resyncRequired")
 
 
 @dataclass
@@ -47,6 +54,21 @@ class Faults:
     fail_retry_after: int | None = 1
     armed: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, target) -> count
     graph_requests: int = 0
+    delta_gone_code: str = RESYNC_CODES[0]
+    delta_gone_count: int = 0
+
+    def arm_delta_gone(self, code: str, count: int) -> None:
+        """Make the next ``count`` delta requests carrying a token answer 410 with ``code``."""
+        if code not in RESYNC_CODES:
+            raise ValueError(f"code must be one of {', '.join(RESYNC_CODES)}")
+        self.delta_gone_code, self.delta_gone_count = code, max(0, count)
+
+    def take_delta_gone(self) -> str | None:
+        """Consume one armed delta 410; return its code, or None when none is armed."""
+        if self.delta_gone_count <= 0:
+            return None
+        self.delta_gone_count -= 1
+        return self.delta_gone_code
 
     def next_fault(self) -> Injected | None:
         """Count one Graph request and return the status fault to answer it with, if any."""

@@ -12,7 +12,6 @@ documents "fail (default)") and for folder creation. Clients should always send 
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from flask import Blueprint, Response, g, request
 
 from drivesync.graph.quickxor import QuickXorHash
 
+from . import delta as delta_api
 from .bodies import Incomplete, copy_body
 from .identity import get_state
 from .items import (
@@ -33,7 +33,6 @@ from .items import (
     check_quota,
     commit_file,
     conflict_behavior,
-    deleted_json,
     download_url,
     drive_json,
     ensure_folders,
@@ -55,6 +54,7 @@ from .state import (
     new_secret,
     utcnow,
 )
+from .subscriptions import handle as handle_subscriptions
 from .uploads import session_status
 
 bp = Blueprint("emulator_graph", __name__)
@@ -136,6 +136,8 @@ def _dispatch(state: EmulatorState, token: AccessToken, account: Account, rest: 
     if rest == "me/drives":
         _only(method, "GET")
         return graph_json({"value": [drive_json(state, account, request.url_root)]})
+    if rest == "subscriptions" or rest.startswith("subscriptions/"):
+        return handle_subscriptions(state, token, account, rest)
     match = _DRIVE.match(rest)
     if not match:
         raise GraphProblem(
@@ -223,7 +225,7 @@ def _handle(state: EmulatorState, account: Account, t: Target) -> Response:
     delta = _DELTA.match(action)
     if delta:
         _only(method, "GET")
-        return _delta(state, t.drive, _existing(where), delta.group(1))
+        return delta_api.delta(state, t.drive, _existing(where), delta.group(1))
     raise GraphProblem(400, "invalidRequest", f"Unsupported segment '{action}'.")
 
 
@@ -479,51 +481,3 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise GraphProblem(400, "invalidRequest", f"Invalid date '{value}'.") from None
-
-
-# ---- delta ------------------------------------------------------------------------------------
-def _descends(drive: Drive, item: Item, ancestor: Item) -> bool:
-    cur: Item | None = item
-    while cur is not None:
-        if cur.id == ancestor.id:
-            return True
-        cur = drive.items.get(cur.parent_id) if cur.parent_id else None
-    return False
-
-
-def _delta(state: EmulatorState, drive: Drive, folder: Item, fn_token: str | None) -> Response:
-    raw = fn_token or request.args.get("token")
-    since = 0
-    if raw == "latest":
-        since = state.seq
-    elif raw:
-        try:
-            since = int(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode())
-        except ValueError:
-            raise GraphProblem(
-                410, "resyncRequired", "The delta token is no longer valid.", "resyncRequired"
-            ) from None
-    top, skip = _page_params()
-    changed = [
-        i
-        for i in drive.items.values()
-        if i.seq > since and _descends(drive, i, folder) and not (i.deleted and since == 0)
-    ]
-    changed.sort(key=lambda i: i.seq)
-    page = changed[skip : skip + top]
-    base = f"{request.url_root}v1.0{request.path[len('/v1.0') :]}"
-    body: dict[str, Any] = {
-        "value": [
-            deleted_json(drive, i)
-            if i.deleted
-            else item_json(state, drive, i, request.url_root, download=False)
-            for i in page
-        ]
-    }
-    if skip + top < len(changed):
-        token_now = raw or ""
-        body["@odata.nextLink"] = f"{base}?token={token_now}&$top={top}&$skiptoken={skip + top}"
-    else:
-        cursor = base64.urlsafe_b64encode(str(state.seq).encode()).decode().rstrip("=")
-        body["@odata.deltaLink"] = f"{base.split('(')[0]}?token={cursor}"
-    return graph_json(body)

@@ -107,18 +107,25 @@ def item_json(
     return body
 
 
-def deleted_json(drive: Drive, item: Item) -> dict[str, Any]:
-    """Return the delta representation of a deleted item."""
+def deleted_json(drive: Drive, item: Item, parent_id: str | None = None) -> dict[str, Any]:
+    """Return the delta representation of a deleted item (or one moved out of the scope).
+
+    https://learn.microsoft.com/graph/api/driveitem-delta (Remarks): delta omits ``cTag`` and
+    ``name`` of a deleted item on OneDrive for Business, ``cTag`` and ``size`` on personal
+    OneDrive. The example keeps the ``folder``/``file`` facet next to ``deleted``.
+    """
     ref: dict[str, Any] = {"driveId": drive.id, "driveType": drive.drive_type}
-    if item.parent_id:
-        ref["id"] = item.parent_id
-    return {
-        "id": item.id,
-        "name": item.name,
-        "deleted": {"state": "deleted"},
-        "parentReference": ref,
-        "fileSystemInfo": {"lastModifiedDateTime": iso(item.modified)},
-    }
+    parent = parent_id if parent_id is not None else item.parent_id
+    if parent:
+        ref["id"] = parent
+    body: dict[str, Any] = {"id": item.id}
+    if drive.drive_type != "business":
+        body["name"] = item.name
+    body["deleted"] = {"state": "deleted"}
+    body["folder" if item.is_folder else "file"] = {}
+    body["parentReference"] = ref
+    body["fileSystemInfo"] = {"lastModifiedDateTime": iso(item.modified)}
+    return body
 
 
 def _folder_size(state: EmulatorState, drive: Drive, folder: Item) -> int:

@@ -100,14 +100,19 @@ class EmulatorServer:
         tls: bool = False,
         ca: trustme.CA | None = None,
         latency: float = 0.0,
+        notify_ca: str | None = None,
     ) -> None:
-        """Prepare (but do not start) the server."""
+        """Prepare (but do not start) the server.
+
+        ``notify_ca``: a CA file trusted for change-notification URLs (else the system's).
+        """
         self.host, self.port = host, port
         self.state = state or EmulatorState()
         for client_id, secret, uris in clients or []:
             self.state.register_client(client_id, secret, uris)
         self.state.set_latency(latency, default=True)
         self._quiet = quiet
+        self._notify_ca = notify_ca
         self._want_tls = tls or ca is not None
         self._ca = ca
         self.tls: ServerTls | None = None
@@ -136,7 +141,7 @@ class EmulatorServer:
         """Bind the socket and serve in a daemon thread."""
         if self._server is not None:
             raise RuntimeError("the emulator is already running")
-        app = create_emulator_app(self.state)
+        app = create_emulator_app(self.state, notify_ca=self._notify_ca)
         handler = _QuietHandler if self._quiet else WSGIRequestHandler
         server = _EmulatorWSGIServer(self.host, self.port, app, handler)
         if self._want_tls:

@@ -14,8 +14,10 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from drivesync.graph.quickxor import QuickXorHash
 
@@ -87,6 +89,12 @@ class Item:
     content_version: int = 1  # cTag counter: content changes
     seq: int = 0  # change sequence for delta
     deleted: bool = False
+    # Delta history: (seq, parent id) from creation on, one entry per move; the seq of deletion.
+    # A delta scoped to a folder needs where the item was at the token's seq, not only now.
+    parents: list[tuple[int, str | None]] = field(default_factory=list)
+    deleted_seq: int | None = None
+    indexed: tuple[str, str] | None = None  # its key in Drive.kids: (parent id, folded name)
+    counted: int = 0  # its bytes in Drive.used
     special: str | None = None  # "approot"
     created_by_app: str | None = None
 
@@ -102,6 +110,9 @@ class Drive:
     items: dict[str, Item] = field(default_factory=dict)
     next_item: int = 101
     approots: dict[str, str] = field(default_factory=dict)  # client app name -> item id
+    # Indexes kept by EmulatorState._reindex, so a folder of 10,000 items stays fast:
+    kids: dict[str, dict[str, str]] = field(default_factory=dict)  # parent -> folded name -> id
+    used: int = 0  # bytes of live files
 
 
 @dataclass
@@ -207,6 +218,9 @@ class EmulatorState:
         self.seed_demo = seed_demo
         self.default_latency = 0.0  # seconds added to every non-admin request; kept on reset
         self.latency = 0.0
+        # Called with every new or changed item, under the lock (subscriptions.py's notifier:
+        # it only records the item; deliveries leave from its own thread).
+        self.change_hooks: list[Callable[[Item], None]] = []
         self._init_maps()
         if seed_demo:
             self.seed()
@@ -223,7 +237,10 @@ class EmulatorState:
         self.faults = Faults()
         self.token_lifetime = ACCESS_TOKEN_LIFETIME
         self.seq = 0
+        self.epoch = new_secret(6)  # delta tokens from before a reset are refused (410)
+        self.delta_enumerations: dict[str, object] = {}  # onedrive_emulator.delta's page cache
         self.requests: list[dict[str, object]] = []
+        self.subscriptions: dict[str, Any] = {}  # id -> subscriptions.Subscription
 
     def seed(self) -> None:
         """Create the demo accounts."""
@@ -332,6 +349,30 @@ class EmulatorState:
         if content:
             item.content_version += 1
         item.modified = utcnow()
+        if item.parents and item.parents[-1][1] != item.parent_id:
+            item.parents.append((self.seq, item.parent_id))
+        if item.deleted and item.deleted_seq is None:
+            item.deleted_seq = self.seq
+        self._reindex(item)
+        for hook in self.change_hooks:
+            hook(item)
+
+    def _reindex(self, item: Item) -> None:
+        """Bring the drive's child-name index and used bytes up to date with ``item``."""
+        drive = self.drives[item.drive_id.casefold()]
+        key = None if item.deleted or item.parent_id is None else (item.parent_id, item.name)
+        key = (key[0], key[1].casefold()) if key else None
+        if key != item.indexed:
+            if item.indexed is not None:
+                names = drive.kids.get(item.indexed[0], {})
+                if names.get(item.indexed[1]) == item.id:
+                    del names[item.indexed[1]]
+            if key is not None:
+                drive.kids.setdefault(key[0], {})[key[1]] = item.id
+            item.indexed = key
+        counted = 0 if item.deleted or item.is_folder else item.size
+        drive.used += counted - item.counted
+        item.counted = counted
 
     def new_item(
         self,
@@ -357,22 +398,23 @@ class EmulatorState:
             fs_created=fs_created or now,
             fs_modified=fs_modified or now,
             seq=self.seq,
+            parents=[(self.seq, parent_id)],
         )
         drive.items[item.id] = item
+        self._reindex(item)
+        for hook in self.change_hooks:
+            hook(item)
         return item
 
     def children(self, drive: Drive, parent_id: str) -> list[Item]:
         """Return the live children of a folder, sorted by name."""
-        kids = [i for i in drive.items.values() if i.parent_id == parent_id and not i.deleted]
-        return sorted(kids, key=lambda i: i.name.casefold())
+        names = drive.kids.get(parent_id, {})
+        return [drive.items[names[n]] for n in sorted(names)]
 
     def child_named(self, drive: Drive, parent_id: str, name: str) -> Item | None:
         """Return the live child called ``name`` (case-insensitive, like OneDrive)."""
-        folded = name.casefold()
-        for item in drive.items.values():
-            if item.parent_id == parent_id and not item.deleted and item.name.casefold() == folded:
-                return item
-        return None
+        item_id = drive.kids.get(parent_id, {}).get(name.casefold())
+        return drive.items[item_id] if item_id is not None else None
 
     def item_path(self, drive: Drive, item: Item) -> str:
         """Return the item's path below the root, like ``/Apps/x/file.txt`` ("" for the root)."""
@@ -385,7 +427,7 @@ class EmulatorState:
 
     def used_bytes(self, drive: Drive) -> int:
         """Return the bytes used by live files in the drive."""
-        return sum(i.size for i in drive.items.values() if not i.deleted and not i.is_folder)
+        return drive.used
 
     def delete_item(self, drive: Drive, item: Item) -> None:
         """Mark ``item`` and its descendants deleted and remove their blobs."""

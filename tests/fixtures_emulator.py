@@ -75,6 +75,8 @@ def emulator_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorCA
 def new_emulator(emulator_ca: EmulatorCA | None, **kwargs: Any) -> EmulatorServer:
     """Return an emulator (not started) serving HTTPS with the session's CA, or plain HTTP."""
     ca = emulator_ca.ca if emulator_ca else None
+    # Change notifications go to test servers whose certificates the same CA signs.
+    kwargs.setdefault("notify_ca", str(emulator_ca.ca_file) if emulator_ca else None)
     return EmulatorServer(tls=ca is not None, ca=ca, **kwargs)
 
 

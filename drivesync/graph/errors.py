@@ -55,8 +55,6 @@ class GraphError(Exception):
     """An error answered by Microsoft Graph or the identity platform, or met on the way there."""
 
     default_human = "OneDrive returned an unexpected error."
-    #: The ``Location`` header of a ``410 Gone`` delta answer: where to enumerate again.
-    location: str | None = None
 
     def __init__(
         self,
@@ -68,8 +66,11 @@ class GraphError(Exception):
         request_id: str | None = None,
         retry_after: float | None = None,
         retryable: bool | None = None,
+        location: str | None = None,
     ) -> None:
         self.status = status
+        # A 410 from delta carries where to enumerate again (driveItem-delta, "Response").
+        self.location = location
         self.code = code or (f"http{status}" if status else "error")
         self.message = redact(message)
         self.inner_code = inner_code
@@ -252,17 +253,15 @@ def from_response(resp: requests.Response, *, secrets: tuple[str | None, ...] = 
     if not message:
         message = resp.reason or ""
     cls = _class_for(status, code)
-    err = cls(
+    return cls(
         redact(message, *secrets),
         status=status,
         code=code,
         inner_code=inner_code,
         request_id=request_id,
         retry_after=retry_after,
+        location=resp.headers.get("Location") if status == 410 else None,
     )
-    if status == 410:
-        err.location = resp.headers.get("Location") or None
-    return err
 
 
 def network_error(exc: BaseException) -> GraphError:

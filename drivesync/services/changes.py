@@ -1,31 +1,51 @@
-"""Changes made on OneDrive's side: when to check the sync folder's delta feed.
+"""Changes made on OneDrive's side: the delta check of the sync folder, and what it does.
 
-:func:`request_check` asks for a check soon (the settings page was opened, a change
-notification arrived): it moves ``integrations.delta_due_at`` to now, commits, and sends a
-wake-up; the scheduler's per-user reconcile runs the check. The due time is the truth: a lost
-wake-up only delays the check to the next tick.
+When: ``integrations.delta_due_at`` is the truth. Connecting schedules the first check (the
+initial enumeration); each check schedules the next after :func:`next_interval`
+(``DRIVESYNC_DELTA_INTERVAL``, default 15 minutes; a daily backstop while a change-notification
+subscription is live); :func:`request_check` makes one due now (the settings page was opened,
+at most once a minute; a notification arrived). The scheduler's per-user reconcile runs
+:func:`check_if_due`.
+
+How (:func:`check`), after Microsoft's delta and scan-guidance pages (see ``graph/delta.py``):
+
+1. claim the check (a conditional UPDATE moves ``delta_due_at`` a lease ahead: two ticks never
+   check one folder at once), clear what a dead check may have staged;
+2. stream the pages from the stored deltaLink (or a full enumeration of the folder by id) into
+   ``remote_item_changes``, one row per item, the last occurrence winning;
+3. only after the page with the ``@odata.deltaLink``, apply everything in one transaction:
+   decide each tracked library file's transition (:func:`decide`, a pure function tested as a
+   table), update the ``remote_items`` mirror, recount the untracked files, store the cursor;
+4. a failure at any point deletes the staged rows and changes nothing else but ``delta_error``
+   and a backed-off ``delta_due_at``: a partial listing is never acted on.
+
+``410 Gone`` (the token expired) enumerates again from the ``Location`` Graph gives (or from
+scratch) and reconciles against the mirror: items the mirror has and the fresh enumeration does
+not are gone. ``resyncChangesUploadDifferences`` means OneDrive is unsure which side is newer:
+differences then become conflicts (both versions kept) and missing items are uploaded again,
+instead of OneDrive winning.
+
+Nothing is ever deleted, in the library or in OneDrive. A file deleted (or moved out of the
+folder) in OneDrive becomes ``remote_deleted`` ("Deleted in OneDrive"), or, by the user's
+``remote_policy``, is uploaded again or kept only in the library (``local_only``).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import delete, func, or_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import undefer
+from sqlalchemy import delete, func, insert, or_, select, update
 
 from .. import events, tasks
 from ..extensions import db
-from ..graph.client import GraphClient
-from ..graph.delta import RESYNC_UPLOAD, ResyncNeeded, is_delta_link, iter_pages
+from ..graph import delta
 from ..graph.errors import AuthError, GraphError
-from ..graph.types import BUSINESS_DRIVE_TYPES, DriveItem
+from ..graph.types import DriveItem
 from ..models import (
     REMOTE_POLICIES,
     File,
@@ -35,22 +55,14 @@ from ..models import (
     RemoteItemChange,
     utcnow,
 )
-from . import autosync, failures
+from . import autosync, failures, library
 from .errors import ServiceError, ValidationError
-from .integrations import (
-    PROVIDER,
-    NotConnected,
-    get_integration,
-    graph_client_for,
-    mark_needs_reauth,
-)
-from .transfer import BOTH_CHANGED_MESSAGE, changed, reauth_message, short
+from .integrations import NotConnected, ReauthRequired, graph_client_for
+from .transfer import changed
 
 logger = logging.getLogger(__name__)
 
 REQUEST_GAP = timedelta(seconds=60)  # a page view asks for a check at most once a minute
-BACKSTOP_SECONDS = 24 * 3600  # with live change notifications, one check a day as a backstop
-PAGE_SIZE = 1000  # items per delta page asked for (Graph may answer fewer)
 
 
 def request_check(
@@ -87,142 +99,24 @@ def request_check(
     return bool(moved)
 
 
-# -- the transition table ----------------------------------------------------------------------
-
-# What a complete delta says happened to the item a library file tracks.
-EDITED = "edited"  # content changed (cTag/quickXorHash differ from what the file last synced)
-MOVED = "moved"  # renamed or moved inside the sync folder, content as we synced it
-SAME = "same"  # nothing we care about (our own upload echoing back, a metadata-only change)
-DELETED = "deleted"  # deleted, or moved out of the sync folder (it arrives as deleted)
-REMOTE_CHANGES = (EDITED, MOVED, SAME, DELETED)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to do to one library file: its new status (None: unchanged) and side effects."""
-
-    status: str | None = None
-    follow: bool = False  # record the item's new name and path
-    clear_ids: bool = False  # forget the OneDrive item (upload again makes a new one)
-    mark_due: bool = False  # automatic sync should take the file
-    event: str | None = None  # "remote_changed" | "remote_deleted" | "remote_moved" | "conflict"
+CHECK_LEASE = timedelta(minutes=10)  # a check that dies holding it is retried after this
+BACKSTOP = timedelta(days=1)  # with live change notifications, one delta check a day anyway
+APPLY_CHUNK = 500  # staged rows applied per query batch (memory stays flat)
+REMOTE_DELETED_MESSAGE = "Deleted in OneDrive (or moved out of your sync folder)."
+REMOTE_CHANGED_MESSAGE = "OneDrive has a newer version of this file."
+BOTH_CHANGED_MESSAGE = library.BOTH_SIDES_CHANGED
+UNSURE_MESSAGE = (
+    "OneDrive could not tell which version is newer after a full resync. Choose which to keep."
+)
 
 
-NOTHING = Decision()
+# -- when ------------------------------------------------------------------------------------------
 
 
-def decide(
-    change: str, state: str, *, tracked: bool, library_changed: bool, policy: str
-) -> Decision:
-    """Return what a remote ``change`` does to a file in ``state`` (a pure function).
-
-    ``tracked``: the file has an ``onedrive_id`` (a file without one never sees a remote change);
-    ``library_changed``: its content differs from what it last synced; ``policy``: the user's
-    ``remote_policy`` for deletions (ask | upload | keep). Nothing is ever deleted: the worst a
-    remote change does is ask the user.
-
-    - ``syncing``: left to the transfer's own reconcile. Before it writes, the transfer reads the
-      item again: a 404 uploads it as a new item, a changed cTag/eTag makes it ``conflict`` (or
-      keeps OneDrive's edit when the library is unchanged), a rename is followed because it
-      uploads into the item's current parent under its current name, and If-Match on the eTag
-      just read closes the race. Touching the row here would fight the worker's claim.
-    - ``local_only``: the user chose to keep it off OneDrive; sticky until *Upload again*.
-    - ``remote_deleted`` and the item is back (restored from the recycle bin: same id): back to
-      ``synced`` when the content is what we synced, else as an edit.
-    """
-    if not tracked or state in ("syncing", "local_only"):
-        return NOTHING
-    if change == DELETED:
-        if state == "remote_deleted":
-            return NOTHING
-        if policy == "upload":
-            return Decision("not_synced", clear_ids=True, mark_due=True, event="remote_deleted")
-        if policy == "keep":
-            return Decision("local_only", clear_ids=True, event="remote_deleted")
-        return Decision("remote_deleted", event="remote_deleted")
-    if change == EDITED:
-        if state == "conflict":
-            return Decision(follow=True)
-        if library_changed:
-            return Decision("conflict", follow=True, event="conflict")
-        if state == "remote_changed":
-            return Decision(follow=True)
-        return Decision("remote_changed", follow=True, event="remote_changed")
-    if state == "remote_deleted":  # restored, content as we synced it
-        return Decision(
-            "not_synced" if library_changed else "synced",
-            follow=True,
-            mark_due=library_changed,
-            event="remote_moved" if change == MOVED else None,
-        )
-    if change == MOVED:
-        return Decision(follow=True, event="remote_moved")
-    return Decision(follow=True) if change == SAME else NOTHING
-
-
-def classify(
-    *, deleted: bool, remote_ctag: str | None, remote_hash: str | None, remote_etag: str | None,
-    parent_id: str | None, name: str | None, synced_ctag: str | None, synced_etag: str | None,
-    library_hash: str, known_parent: str | None, known_name: str | None,
-) -> str:  # fmt: skip
-    """Return which of :data:`REMOTE_CHANGES` the item's new state is for the file.
-
-    Our own uploads appear in the delta too: an item whose cTag equals what the file last
-    synced, or whose quickXorHash equals the library's content, is not a remote edit. Without
-    either (Business computes the hash a few seconds late), the eTag decides, and a changed
-    eTag with the same name and parent is an edit.
-    """
-    if deleted:
-        return DELETED
-    if remote_ctag and synced_ctag:
-        same_content = remote_ctag == synced_ctag or (
-            remote_hash is not None and remote_hash == library_hash
-        )
-    elif remote_hash:
-        same_content = remote_hash == library_hash
-    else:
-        same_content = bool(synced_etag) and remote_etag == synced_etag
-        if not same_content and (parent_id != known_parent or name != known_name):
-            same_content = True  # an eTag also changes on a rename: call it a move, not an edit
-    if not same_content:
-        return EDITED
-    if (known_parent is not None and parent_id != known_parent) or (
-        known_name is not None and name != known_name
-    ):
-        return MOVED
-    return SAME
-
-
-# -- the check -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RemoteStatus:
-    """What the settings page and dashboard say about change detection."""
-
-    checked_at: datetime | None
-    mode: str  # "live" (change notifications) | "polling"
-    interval_seconds: int
-    new_count: int
-    error: str | None
-    due: datetime | None
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """What one complete check saw and did."""
-
-    requests: int
-    items: int
-    resync: str | None
-    changed_files: int
-    new_count: int
-
-
-def _subscription_live(user_id: int, now: datetime) -> bool:
+def _live_subscription(user_id: int, now: datetime) -> bool:
     return (
         db.session.execute(
-            db.select(GraphSubscription.id).where(
+            select(GraphSubscription.id).where(
                 GraphSubscription.user_id == user_id, GraphSubscription.expires_at > now
             )
         ).first()
@@ -230,550 +124,655 @@ def _subscription_live(user_id: int, now: datetime) -> bool:
     )
 
 
-def next_interval(user_id: int, now: datetime | None = None) -> int:
-    """Seconds until the next check: ``DELTA_INTERVAL_SECONDS``, or a daily backstop when a
-    live change-notification subscription tells us of changes as they happen."""
-    if _subscription_live(user_id, now or utcnow()):
-        return BACKSTOP_SECONDS
-    return int(current_app.config["DELTA_INTERVAL_SECONDS"])
+def next_interval(user_id: int, now: datetime | None = None) -> timedelta:
+    """Return how long until the next check: the polling period, or the daily backstop."""
+    if _live_subscription(user_id, now or utcnow()):
+        return BACKSTOP
+    return timedelta(seconds=int(current_app.config["DELTA_INTERVAL_SECONDS"]))
 
 
-def status(user_id: int, now: datetime | None = None) -> RemoteStatus:
-    """Return the user's change-detection status (NotConnected when there is no connection)."""
+@dataclass(frozen=True)
+class RemoteStatus:
+    """What the dashboard says about change detection."""
+
+    checked_at: datetime | None
+    mode: str  # "live" (change notifications) | "polling"
+    interval_seconds: int
+    new_count: int
+    error: str | None
+    due: bool  # a check is due now (or running)
+
+
+def status(user_id: int, now: datetime | None = None) -> RemoteStatus | None:
+    """Return the user's change-detection status (None when not connected)."""
     now = now or utcnow()
-    integration = get_integration(user_id)
+    integration = db.session.execute(
+        select(Integration).where(Integration.user_id == user_id)
+    ).scalar_one_or_none()
     if integration is None:
-        raise NotConnected()
-    live = _subscription_live(user_id, now)
+        return None
+    live = _live_subscription(user_id, now)
     return RemoteStatus(
         checked_at=integration.delta_checked_at,
         mode="live" if live else "polling",
-        interval_seconds=next_interval(user_id, now),
-        new_count=integration.remote_new_count or 0,
+        interval_seconds=int(current_app.config["DELTA_INTERVAL_SECONDS"]),
+        new_count=integration.remote_new_count,
         error=integration.delta_error,
-        due=integration.delta_due_at,
+        due=integration.delta_due_at is not None and integration.delta_due_at <= now,
     )
-
-
-def untracked_item_ids(user_id: int, item_ids: Iterable[str]) -> set[str]:
-    """Return those of ``item_ids`` that are files of the folder no library file tracks."""
-    ids = [str(i) for i in item_ids]
-    if not ids:
-        return set()
-    in_folder = set(
-        db.session.execute(
-            db.select(RemoteItem.item_id).where(
-                RemoteItem.user_id == user_id,
-                RemoteItem.item_id.in_(ids),
-                RemoteItem.is_folder.is_(False),
-            )
-        ).scalars()
-    )
-    tracked = set(
-        db.session.execute(
-            db.select(File.onedrive_id).where(File.owner_id == user_id, File.onedrive_id.in_(ids))
-        ).scalars()
-    )
-    return in_folder - tracked
 
 
 def set_policy(user_id: int, policy: str) -> Integration:
-    """Set what a deletion in OneDrive does to a synced file: ask, upload again, keep."""
+    """Set what a deletion in OneDrive does to a synced file: ask, upload again, or keep."""
     if policy not in REMOTE_POLICIES:
         raise ValidationError({"policy": "Choose ask, upload again or keep only in the library."})
-    integration = get_integration(user_id)
-    if integration is None:
+    if not changed(
+        update(Integration).where(Integration.user_id == user_id).values(remote_policy=policy)
+    ):
         raise NotConnected()
-    integration.remote_policy = policy
     db.session.commit()
-    return integration
+    return db.session.execute(
+        select(Integration).where(Integration.user_id == user_id)
+    ).scalar_one()
 
 
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+def untracked_item_ids(user_id: int, item_ids: Iterable[str]) -> set[str]:
+    """Return those of ``item_ids`` that are files in the folder no library file tracks."""
+    ids = [str(i) for i in item_ids]
+    if not ids:
+        return set()
+    tracked = select(File.onedrive_id).where(File.owner_id == user_id, File.onedrive_id.in_(ids))
+    rows = db.session.execute(
+        select(RemoteItem.item_id).where(
+            RemoteItem.user_id == user_id,
+            RemoteItem.item_id.in_(ids),
+            RemoteItem.is_folder.is_(False),
+            RemoteItem.item_id.not_in(tracked),
+        )
+    ).scalars()
+    return set(rows)
 
 
-def _staged_row(user_id: int, integration_id: int, item: DriveItem, seq: int) -> dict[str, Any]:
-    hashes = (item.get("file") or {}).get("hashes") or {}
-    name = item.get("name")
+def check_if_due(user_id: int, now: datetime | None = None) -> bool:
+    """Run a check when one is due (the scheduler calls this); return whether one ran."""
+    now = now or utcnow()
+    due = db.session.execute(
+        select(Integration.delta_due_at).where(Integration.user_id == user_id)
+    ).scalar_one_or_none()
+    if due is None or due > now:
+        return False
+    return check(user_id, now) is not None
+
+
+# -- what a remote change does -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Local:
+    """What :func:`decide` needs of a library file that tracks a OneDrive item."""
+
+    status: str
+    etag: str | None
+    ctag: str | None
+    quick_xor_hash: str  # the library's current content
+    size: int
+    content_hash: str
+    synced_content_hash: str | None
+    skipped_hash: str | None
+    name: str | None  # the OneDrive name last recorded
+    parent_id: str | None  # the OneDrive parent last seen (mirror), if known
+
+
+@dataclass(frozen=True)
+class Remote:
+    """One item's state: as delta reports it now, or as the mirror last saw it."""
+
+    deleted: bool
+    etag: str | None = None
+    ctag: str | None = None
+    quick_xor_hash: str | None = None
+    size: int | None = None
+    name: str | None = None
+    parent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What happens to the file: its new state (None: unchanged) and the columns that go with it."""
+
+    status: str | None = None
+    kind: str | None = None  # edited | renamed | deleted | restored (history)
+    clear_link: bool = False  # forget the OneDrive item (the next upload makes a new one)
+    follow: bool = False  # record the item's new name and place
+    mark_due: bool = False  # automatic sync should upload it again
+    message: str | None = None
+
+
+NOTHING = Transition()
+
+
+def _content_changed(local: Local, old: Remote | None, new: Remote) -> bool:
+    """Return whether OneDrive's bytes differ from what the library last synced or last saw."""
+    if new.etag and new.etag == local.etag:
+        return False  # untouched since our own sync recorded it
+    if new.quick_xor_hash:
+        if new.quick_xor_hash == local.quick_xor_hash:
+            return False  # the library's bytes: our own upload, or the same content
+        if old is not None and old.quick_xor_hash:
+            return new.quick_xor_hash != old.quick_xor_hash
+        return True
+    # No hash (rare): cTag is the content tag (absent on OneDrive for Business delta), else size.
+    if new.ctag:
+        base = old.ctag if old is not None and old.ctag else local.ctag
+        return base is not None and new.ctag != base
+    base_size = old.size if old is not None and old.size is not None else local.size
+    return new.size is not None and new.size != base_size
+
+
+def _moved(local: Local, old: Remote | None, new: Remote) -> bool:
+    if new.name and new.name != (old.name if old is not None and old.name else local.name):
+        return True
+    before = old.parent_id if old is not None else local.parent_id
+    return bool(new.parent_id and before and new.parent_id != before)
+
+
+def decide(
+    local: Local, old: Remote | None, new: Remote, policy: str = "ask", *, unsure: bool = False
+) -> Transition:
+    """Return what a change of the tracked item does to the library file (a pure function).
+
+    ``old`` is the mirror's last view of the item (None on a first enumeration); ``unsure`` is
+    a ``resyncChangesUploadDifferences`` resync (OneDrive cannot tell which side is newer).
+    A file being uploaded (``syncing``) is left to the transfer, whose own reconcile reads the
+    item (eTag/cTag, quickXorHash) before it writes; a ``local_only`` file tracks no item.
+    """
+    st = local.status
+    if st in ("syncing", "local_only"):
+        return NOTHING
+    if new.deleted:
+        if st in ("not_synced", "error"):
+            # Not on OneDrive in this version anyway: the upload will make a new item.
+            return Transition(clear_link=True, kind="deleted")
+        if st == "remote_deleted":
+            return NOTHING
+        if unsure or policy == "upload":
+            return Transition("not_synced", "deleted", clear_link=True, mark_due=True)
+        if policy == "keep":
+            return Transition("local_only", "deleted", clear_link=True)
+        return Transition("remote_deleted", "deleted", message=REMOTE_DELETED_MESSAGE)
+    edited = _content_changed(local, old, new)
+    follow = _moved(local, old, new)
+    if st == "remote_deleted":  # restored from the recycle bin (same id)
+        if edited:
+            return Transition("remote_changed", "restored", follow=True,
+                              message=REMOTE_CHANGED_MESSAGE)  # fmt: skip
+        return Transition("synced", "restored", follow=True)
+    if not edited:
+        return Transition(kind="renamed", follow=True) if follow else NOTHING
+    skipped = local.skipped_hash is not None and local.skipped_hash == local.content_hash
+    if st == "synced":
+        if unsure:
+            return Transition("conflict", "edited", follow=follow, message=UNSURE_MESSAGE)
+        return Transition("remote_changed", "edited", follow=follow, message=REMOTE_CHANGED_MESSAGE)
+    if st in ("not_synced", "error") and not skipped:
+        return Transition("conflict", "edited", follow=follow, message=BOTH_CHANGED_MESSAGE)
+    # conflict / remote_changed stay as they are (their actions read OneDrive's latest);
+    # a skipped file keeps OneDrive's copy by the user's choice.
+    return Transition(kind="edited", follow=follow)
+
+
+# -- the check -----------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    """What one check did."""
+
+    requests: int = 0
+    items: int = 0
+    transitions: int = 0
+    new_count: int = 0
+    resynced: bool = False
+
+
+def _remote_of(item: DriveItem) -> dict[str, Any]:
+    """Return the staged columns of one delta item."""
+    file_facet = item.get("file") or {}
+    hashes = file_facet.get("hashes") or {}
+    parent = item.get("parentReference") or {}
+    size = item.get("size")
     return {
-        "user_id": user_id,
-        "integration_id": integration_id,
-        "item_id": str(item.get("id")),
-        "seq": seq,
-        # Deleted items carry the deleted facet and, on business drives, no name.
+        "item_id": str(item["id"])[:128],
         "deleted": "deleted" in item,
-        "parent_id": (item.get("parentReference") or {}).get("id"),
-        "name": str(name)[:255] if name else None,
-        "is_folder": "folder" in item or "package" in item,
-        "size": int(item.get("size") or 0),
-        "etag": item.get("eTag"),
-        "ctag": item.get("cTag"),
-        "quick_xor_hash": hashes.get("quickXorHash"),
-        "modified_at": _parse_time(item.get("lastModifiedDateTime")),
+        "parent_id": (str(parent["id"])[:128] if parent.get("id") else None),
+        "name": (str(item["name"])[:255] if item.get("name") else None),
+        "is_folder": "folder" in item or "root" in item,
+        "size": int(size) if isinstance(size, int) else 0,
+        "etag": (str(item["eTag"])[:255] if item.get("eTag") else None),
+        "ctag": (str(item["cTag"])[:255] if item.get("cTag") else None),
+        "quick_xor_hash": (
+            str(hashes["quickXorHash"])[:40] if hashes.get("quickXorHash") else None
+        ),
+        "modified_at": None,
     }
 
 
-_STAGED_COLUMNS = (
-    "seq", "deleted", "parent_id", "name", "is_folder", "size", "etag", "ctag",
-    "quick_xor_hash", "modified_at",
-)  # fmt: skip
-_MIRROR_COLUMNS = (
-    "parent_id", "name", "is_folder", "size", "etag", "ctag", "quick_xor_hash", "modified_at",
-)  # fmt: skip
-
-
-def _insert(table: Any) -> Any:
-    """Return the dialect's INSERT (both SQLite and PostgreSQL have ON CONFLICT)."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        return pg_insert(table)
-    return sqlite_insert(table)
-
-
-def _stage(user_id: int, integration_id: int, items: list[DriveItem], seq: int) -> int:
-    """Upsert one page into ``remote_item_changes`` (last occurrence wins); return the next seq."""
-    rows: dict[str, dict[str, Any]] = {}
-    for item in items:
-        if not item.get("id"):
-            continue
-        rows[str(item["id"])] = _staged_row(user_id, integration_id, item, seq)
-        seq += 1
-    if rows:
-        stmt = _insert(RemoteItemChange).values(list(rows.values()))
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["integration_id", "item_id"],
-            set_={c: getattr(stmt.excluded, c) for c in _STAGED_COLUMNS},
+def _claim(user_id: int, now: datetime) -> Integration | None:
+    """Take the check: move the due time a lease ahead, if it is still due and nobody has it."""
+    got = changed(
+        update(Integration)
+        .where(
+            Integration.user_id == user_id,
+            Integration.status == "active",
+            Integration.delta_due_at <= now,
         )
-        db.session.execute(stmt)
+        .values(delta_due_at=now + CHECK_LEASE)
+        .execution_options(synchronize_session=False)
+    )
+    db.session.commit()
+    if not got:
+        return None
+    return db.session.execute(
+        select(Integration).where(Integration.user_id == user_id)
+    ).scalar_one()
+
+
+def _clear_staging(integration_id: int, user_id: int) -> None:
+    db.session.execute(
+        delete(RemoteItemChange).where(
+            RemoteItemChange.integration_id == integration_id, RemoteItemChange.user_id == user_id
+        )
+    )
+
+
+def _stage(integration: Integration, page: Sequence[DriveItem], seq: int) -> int:
+    """Stage one page (last occurrence wins, within the page and across pages); commit."""
+    rows: dict[str, dict[str, Any]] = {}
+    for item in page:
+        row = _remote_of(item)
+        rows[row["item_id"]] = row  # the last occurrence wins
+    if not rows:
+        return seq
+    db.session.execute(
+        delete(RemoteItemChange).where(
+            RemoteItemChange.integration_id == integration.id,
+            RemoteItemChange.user_id == integration.user_id,
+            RemoteItemChange.item_id.in_(list(rows)),
+        )
+    )
+    values = []
+    for row in rows.values():
+        seq += 1
+        values.append({**row, "seq": seq, "user_id": integration.user_id,
+                       "integration_id": integration.id})  # fmt: skip
+    db.session.execute(insert(RemoteItemChange), values)
+    db.session.commit()
     return seq
 
 
-def _discard_staged(integration_id: int) -> None:
-    db.session.execute(
-        delete(RemoteItemChange)
-        .where(RemoteItemChange.integration_id == integration_id)
-        .execution_options(synchronize_session=False)
-    )
-
-
 def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
-    """Run one delta check of the user's sync folder; return what it did (None: not connected).
+    """Check the user's OneDrive folder for changes and apply them (see the module docstring).
 
-    Pages are staged as they stream in (committed page by page: memory stays flat in the
-    folder's size), and applied in one transaction only after the ``@odata.deltaLink``. Any
-    failure discards the staged rows and records only the error and a backoff; an AuthError
-    marks the connection *Reconnect needed* (the token provider already did, this is idempotent).
+    Return what it did, or None when no check was due or it could not run (then
+    ``delta_error`` says why and a later check is scheduled).
     """
     now = now or utcnow()
-    integration = db.session.execute(
-        db.select(Integration)
-        .options(undefer(Integration.delta_link))
-        .where(Integration.user_id == user_id, Integration.provider == PROVIDER)
-    ).scalar_one_or_none()
-    if integration is None or not integration.active or not integration.folder_id:
+    integration = _claim(user_id, now)
+    if integration is None or not integration.folder_id:
         return None
-    integration_id, folder_id = integration.id, integration.folder_id
-    start, policy = integration.delta_link, integration.remote_policy
-    drive_id = integration.drive_id if integration.drive_type in BUSINESS_DRIVE_TYPES else None
-    _discard_staged(integration_id)  # a crashed check's leftovers
-    db.session.commit()
-    client: GraphClient | None = None
-    counter = _Counter()
-    resync: str | None = None
+    integration_id = integration.id
+    result = CheckResult()
     try:
         client, _ = graph_client_for(user_id)
-        client.session.hooks["response"].append(counter)
-        try:
-            delta_link, items = _enumerate(
-                client, user_id, integration_id, folder_id, start, drive_id
-            )
-        except ResyncNeeded as gone:
-            # https://learn.microsoft.com/graph/api/driveitem-delta (410 Gone): the token is
-            # no longer valid; enumerate the folder again from the Location (or from scratch)
-            # and reconcile against the mirror. A resync is a full re-enumeration: what it does
-            # not list is no longer in the folder ("replace any local items with the server's
-            # version (including deletes)"). The mirror upserts by id: nothing is duplicated.
-            _discard_staged(integration_id)
-            db.session.commit()
-            resync = gone.resync_code
-            restart = gone.location
-            if restart and not is_delta_link(restart, client.base_url, folder_id):
-                restart = None
-            delta_link, items = _enumerate(
-                client, user_id, integration_id, folder_id, restart, drive_id
-            )
-        full = start is None or resync is not None
-        result = _apply(user_id, integration_id, folder_id, policy, delta_link, full, resync, now)
-    except Exception as exc:
+    except (NotConnected, ReauthRequired):
         db.session.rollback()
-        _fail(user_id, integration_id, exc, now)
-        if isinstance(exc, AuthError):
-            mark_needs_reauth(user_id, reauth_message(exc))
-        if isinstance(exc, (GraphError, ServiceError, OSError)):
-            logger.info("changes: check of user %s failed (%s)", user_id, type(exc).__name__)
-            return None
+        return None
+    try:
+        link = integration.delta_link
+        full = link is None
+        start = link or delta.folder_delta_url(client, integration.drive_id, integration.folder_id)
+        unsure = False
+        try:
+            cursor = _enumerate(client, integration, start, result)
+        except delta.DeltaGone as gone:
+            logger.info("delta of user %s: 410 %s; enumerating again", user_id, gone.kind)
+            _clear_staging(integration_id, user_id)
+            db.session.commit()
+            full, unsure, result.resynced = True, gone.upload_differences, True
+            start = gone.location or delta.folder_delta_url(
+                client, integration.drive_id, integration.folder_id
+            )
+            cursor = _enumerate(client, integration, start, result)
+        _apply(integration, cursor, full=full, unsure=unsure, now=now, result=result)
+    except (GraphError, ServiceError, OSError) as exc:
+        db.session.rollback()
+        _clear_staging(integration_id, user_id)
+        _failed(integration_id, user_id, exc, now)
+        return None
+    except BaseException:
+        db.session.rollback()
+        _clear_staging(integration_id, user_id)
+        db.session.commit()
         raise
     finally:
-        if client is not None:
-            client.close()
+        client.close()
     logger.info(
-        "changes: user %s checked (%d request(s), %d item(s), %d file(s) changed, resync %s)",
-        user_id, counter.count, items, result[0], resync,
+        "delta of user %s: %d request(s), %d item(s), %d file(s) changed state, %d new",
+        user_id, result.requests, result.items, result.transitions, result.new_count,
     )  # fmt: skip
-    return CheckResult(counter.count, items, resync, result[0], result[1])
+    return result
 
 
-class _Counter:
-    """A response hook counting the check's Graph requests (for the log and the benchmark)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def __call__(self, resp: Any, *args: Any, **kwargs: Any) -> Any:
-        self.count += 1
-        return resp
-
-
-def _enumerate(
-    client: GraphClient, user_id: int, integration_id: int, folder_id: str,
-    start: str | None, drive_id: str | None,
-) -> tuple[str, int]:  # fmt: skip
-    seq, items, delta_link = 0, 0, ""
-    for page in iter_pages(client, folder_id, start=start, drive_id=drive_id, top=PAGE_SIZE):
-        seq = _stage(user_id, integration_id, page.items, seq)
-        items += len(page.items)
-        db.session.commit()  # staged rows are invisible to everything else until applied
+def _enumerate(client: Any, integration: Integration, start: str, result: CheckResult) -> str:
+    """Stage every page from ``start``; return the deltaLink (the new cursor)."""
+    _clear_staging(integration.id, integration.user_id)
+    db.session.commit()
+    seq = 0
+    for page in delta.pages(client, start):
+        result.requests += 1
+        result.items += len(page.items)
+        seq = _stage(integration, page.items, seq)
         if page.delta_link:
-            delta_link = page.delta_link
-    return delta_link, items
+            return page.delta_link
+    raise GraphError("the delta feed ended without a deltaLink", code="badDeltaPage")
 
 
-def _fail(user_id: int, integration_id: int, exc: BaseException, now: datetime) -> None:
-    _discard_staged(integration_id)
-    failures_before = (
+def _failed(integration_id: int, user_id: int, exc: BaseException, now: datetime) -> None:
+    """Record a failed check and schedule the next with backoff; nothing else changes."""
+    if isinstance(exc, AuthError | ReauthRequired):
+        message = "OneDrive asked to be reconnected before it can be checked for changes."
+    elif isinstance(exc, GraphError):
+        message = f"Could not check OneDrive for changes: {exc.human_message()}"
+    else:
+        message = "Could not check OneDrive for changes (network problem)."
+    failures_so_far = (
         db.session.execute(
-            db.select(Integration.delta_failures).where(Integration.id == integration_id)
+            select(Integration.delta_failures).where(Integration.id == integration_id)
         ).scalar_one_or_none()
         or 0
     )
-    retry_after = exc.retry_after if isinstance(exc, GraphError) else None
-    wait = failures.backoff_delay(failures_before + 1, retry_after=retry_after)
-    message = exc.human_message() if isinstance(exc, GraphError) else str(exc) or type(exc).__name__
+    wait = failures.backoff_delay(failures_so_far + 1, base=failures.retry_base())
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after:
+        wait = max(wait, float(retry_after))
     db.session.execute(
         update(Integration)
         .where(Integration.id == integration_id, Integration.user_id == user_id)
         .values(
-            delta_error=short(f"OneDrive could not be checked for changes: {message}"),
+            delta_error=message[:500],
             delta_failures=Integration.delta_failures + 1,
             delta_due_at=now + timedelta(seconds=wait),
         )
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
+    logger.info("delta of user %s failed (%s); next try in %.0f s", user_id,
+                type(exc).__name__, wait)  # fmt: skip
+
+
+# -- applying a complete enumeration ---------------------------------------------------------------
+
+
+def _mirror_remote(row: Any) -> Remote:
+    return Remote(False, row.etag, row.ctag, row.quick_xor_hash, row.size, row.name, row.parent_id)
+
+
+def _staged_remote(row: Any) -> Remote:
+    return Remote(row.deleted, row.etag, row.ctag, row.quick_xor_hash,
+                  row.size if not row.deleted else None, row.name, row.parent_id)  # fmt: skip
 
 
 def _apply(
-    user_id: int, integration_id: int, folder_id: str, policy: str, delta_link: str,
-    full: bool, resync: str | None, now: datetime,
-) -> tuple[int, int]:  # fmt: skip
-    """Apply the staged rows in one transaction; return (files changed, new files count)."""
+    integration: Integration,
+    cursor: str,
+    *,
+    full: bool,
+    unsure: bool,
+    now: datetime,
+    result: CheckResult,
+) -> None:
+    """Apply the staged enumeration in one transaction (commit at the end only)."""
+    user_id, integration_id = integration.user_id, integration.id
+    policy = integration.remote_policy
     staged = RemoteItemChange.__table__
     mirror = RemoteItem.__table__
-    scope = RemoteItem.integration_id == integration_id
-    # Which items did this enumeration touch (for a scratch enumeration: all of them)?
-    touched = set(
-        db.session.execute(
-            db.select(RemoteItemChange.item_id).where(
-                RemoteItemChange.integration_id == integration_id
-            )
-        ).scalars()
-    )
-    present = set(
-        db.session.execute(
-            db.select(RemoteItemChange.item_id).where(
-                RemoteItemChange.integration_id == integration_id,
-                RemoteItemChange.deleted.is_(False),
-            )
-        ).scalars()
-    )
     if full:
-        # A complete enumeration lists every item of the folder: what the mirror holds and
-        # it did not list is gone from the folder. Nothing is deleted anywhere but the mirror.
-        gone = (
-            set(db.session.execute(db.select(RemoteItem.item_id).where(scope)).scalars()) - present
-        )
-        touched |= gone
-        if gone:
+        _stage_missing(integration, now)
+    last_id = 0
+    renamed: list[int] = []
+    while True:
+        chunk = list(
             db.session.execute(
-                delete(RemoteItem).where(scope, RemoteItem.item_id.in_(gone))
-                .execution_options(synchronize_session=False)
-            )  # fmt: skip
-    db.session.execute(
-        delete(RemoteItem)
-        .where(
-            scope,
-            RemoteItem.item_id.in_(
-                db.select(staged.c.item_id).where(
-                    staged.c.integration_id == integration_id, staged.c.deleted.is_(True)
+                select(staged)
+                .where(staged.c.integration_id == integration_id, staged.c.id > last_id)
+                .order_by(staged.c.id)
+                .limit(APPLY_CHUNK)
+            )
+        )
+        if not chunk:
+            break
+        last_id = chunk[-1].id
+        ids = [r.item_id for r in chunk]
+        old = {
+            r.item_id: r
+            for r in db.session.execute(
+                select(mirror).where(
+                    mirror.c.integration_id == integration_id, mirror.c.item_id.in_(ids)
                 )
-            ),
+            )
+        }
+        files = list(
+            db.session.execute(
+                select(File).where(File.owner_id == user_id, File.onedrive_id.in_(ids))
+            ).scalars()
         )
-        .execution_options(synchronize_session=False)
-    )
-    cols = ["user_id", "integration_id", "item_id", *_MIRROR_COLUMNS]
-    source = db.select(*[staged.c[c] for c in cols]).where(
-        staged.c.integration_id == integration_id, staged.c.deleted.is_(False)
-    )
-    ins = _insert(mirror).from_select(cols, source)
+        by_id = {r.item_id: r for r in chunk}
+        for f in files:
+            new = by_id[str(f.onedrive_id)]
+            m = old.get(new.item_id)
+            local = Local(
+                status=f.onedrive_sync_status,
+                etag=f.onedrive_etag,
+                ctag=f.onedrive_ctag,
+                quick_xor_hash=f.quick_xor_hash,
+                size=f.size,
+                content_hash=f.content_hash,
+                synced_content_hash=f.synced_content_hash,
+                skipped_hash=f.skipped_hash,
+                name=f.onedrive_name,
+                parent_id=m.parent_id if m is not None else None,
+            )
+            t = decide(local, _mirror_remote(m) if m is not None else None, _staged_remote(new),
+                       policy, unsure=unsure)  # fmt: skip
+            if _transition(f, t, new, now):
+                result.transitions += 1
+            if t.follow:
+                renamed.append(f.id)
+        _update_mirror(integration, chunk)
+    for file_id in renamed:
+        _record_path(integration, file_id)
+    new_count = _count_untracked(integration)
+    result.new_count = new_count
     db.session.execute(
-        ins.on_conflict_do_update(
-            index_elements=["integration_id", "item_id"],
-            set_={c: getattr(ins.excluded, c) for c in _MIRROR_COLUMNS},
+        delete(RemoteItemChange).where(
+            RemoteItemChange.integration_id == integration_id, RemoteItemChange.user_id == user_id
         )
     )
-    # An item whose parent chain no longer reaches the folder left it (a subfolder moved out
-    # takes its children along even when the feed lists only the subfolder).
-    parents = dict(
-        db.session.execute(db.select(RemoteItem.item_id, RemoteItem.parent_id).where(scope)).all()
-    )
-    stray = [i for i in parents if not _reaches(i, folder_id, parents)]
-    if stray:
-        touched |= set(stray)
-        db.session.execute(
-            delete(RemoteItem).where(scope, RemoteItem.item_id.in_(stray))
-            .execution_options(synchronize_session=False)
-        )  # fmt: skip
-    _discard_staged(integration_id)
-    changed_files = _transitions(user_id, integration_id, folder_id, policy, touched, full, resync)
-    new_count = _count_new(user_id, integration_id, folder_id)
     db.session.execute(
         update(Integration)
         .where(Integration.id == integration_id, Integration.user_id == user_id)
         .values(
-            delta_link=delta_link,
+            delta_link=cursor,
             delta_checked_at=now,
-            delta_due_at=now + timedelta(seconds=next_interval(user_id, now)),
             delta_error=None,
             delta_failures=0,
             remote_new_count=new_count,
+            delta_due_at=now + next_interval(user_id, now),
         )
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
-    return changed_files, new_count
 
 
-def _reaches(item_id: str, folder_id: str, parents: dict[str, str | None]) -> bool:
-    seen: set[str] = set()
-    cur: str | None = item_id
-    while cur is not None and cur not in seen:
-        if cur == folder_id:
-            return True
-        seen.add(cur)
-        cur = parents.get(cur)
-    return False
+def _stage_missing(integration: Integration, now: datetime) -> None:
+    """Stage as deleted what a full enumeration did not list but we knew of.
 
-
-def _count_new(user_id: int, integration_id: int, folder_id: str) -> int:
-    tracked = db.select(File.onedrive_id).where(
-        File.owner_id == user_id, File.onedrive_id.is_not(None)
+    That is every item of the mirror, and every item a library file tracks (synced before this
+    check began: a file whose upload ends during the enumeration is simply not in it yet).
+    """
+    staged_ids = select(RemoteItemChange.item_id).where(
+        RemoteItemChange.integration_id == integration.id,
+        RemoteItemChange.user_id == integration.user_id,
     )
-    return int(
-        db.session.execute(
-            db.select(func.count())
-            .select_from(RemoteItem)
-            .where(
-                RemoteItem.integration_id == integration_id,
-                RemoteItem.user_id == user_id,
-                RemoteItem.is_folder.is_(False),
-                RemoteItem.item_id != folder_id,
-                RemoteItem.item_id.not_in(tracked),
-            )
-        ).scalar_one()
-    )
-
-
-def _folder_paths(integration_id: int, folder_id: str, folder_path: str) -> dict[str, str]:
-    """Return each folder of the mirror's path as ``onedrive_path`` reads it (``/a/b``)."""
-    rows = dict(
-        (item_id, (parent, name))
-        for item_id, parent, name in db.session.execute(
-            db.select(RemoteItem.item_id, RemoteItem.parent_id, RemoteItem.name).where(
-                RemoteItem.integration_id == integration_id, RemoteItem.is_folder.is_(True)
-            )
-        ).all()
-    )
-    paths = {folder_id: "/" + folder_path.strip("/")}
-
-    def path_of(fid: str, depth: int = 0) -> str | None:
-        if fid in paths:
-            return paths[fid]
-        if fid not in rows or depth > 64:
-            return None
-        parent, name = rows[fid]
-        base = path_of(parent, depth + 1) if parent else None
-        if base is None:
-            return None
-        paths[fid] = f"{base}/{name}"
-        return paths[fid]
-
-    for fid in rows:
-        path_of(fid)
-    return paths
-
-
-def _transitions(
-    user_id: int, integration_id: int, folder_id: str, policy: str, touched: set[str],
-    full: bool, resync: str | None,
-) -> int:  # fmt: skip
-    """Decide and apply each tracked library file's transition; return how many changed."""
-    folder_path = db.session.execute(
-        db.select(Integration.folder_path).where(Integration.id == integration_id)
-    ).scalar_one()
-    query = db.select(File).where(File.owner_id == user_id, File.onedrive_id.is_not(None))
-    if not full:
-        if not touched:
-            return 0
-        query = query.where(File.onedrive_id.in_(touched))
-    files = db.session.execute(query).scalars().all()
-    if not files:
-        return 0
-    items = {
-        r.item_id: r
-        for r in db.session.execute(
-            db.select(RemoteItem).where(
-                RemoteItem.integration_id == integration_id,
-                RemoteItem.item_id.in_([f.onedrive_id for f in files]),
-            )
-        ).scalars()
-    }
-    paths = _folder_paths(integration_id, folder_id, folder_path)
-    done = 0
-    for f in files:
-        item = items.get(str(f.onedrive_id))
-        known_parent = None
-        if f.onedrive_path:
-            known_parent = next(
-                (fid for fid, p in paths.items() if p == f.onedrive_path.rsplit("/", 1)[0]), None
-            )
-        change = classify(
-            deleted=item is None,
-            remote_ctag=item.ctag if item else None,
-            remote_hash=item.quick_xor_hash if item else None,
-            remote_etag=item.etag if item else None,
-            parent_id=item.parent_id if item else None,
-            name=item.name if item else None,
-            synced_ctag=f.onedrive_ctag,
-            synced_etag=f.onedrive_etag,
-            library_hash=f.quick_xor_hash,
-            known_parent=known_parent
-            if known_parent is not None
-            else (item.parent_id if item else None),
-            known_name=f.onedrive_name,
+    missing: dict[str, bool] = {}
+    for item_id, is_folder in db.session.execute(
+        select(RemoteItem.item_id, RemoteItem.is_folder).where(
+            RemoteItem.integration_id == integration.id,
+            RemoteItem.user_id == integration.user_id,
+            RemoteItem.item_id.not_in(staged_ids),
         )
-        library_changed = (
-            f.synced_content_hash is not None and f.content_hash != f.synced_content_hash
+    ):
+        missing[item_id] = is_folder
+    for (tracked_id,) in db.session.execute(
+        select(File.onedrive_id).where(
+            File.owner_id == integration.user_id,
+            File.onedrive_id.is_not(None),
+            File.onedrive_id.not_in(staged_ids),
+            or_(File.onedrive_synced_at.is_(None), File.onedrive_synced_at < now),
         )
-        if (
-            resync == RESYNC_UPLOAD
-            and change in (DELETED, EDITED)
-            and f.onedrive_sync_status != "syncing"
-        ):
-            # resyncChangesUploadDifferences: "upload any local items that the service did not
-            # return, and upload files that differ from the server's version (keeping both
-            # copies if you're not sure which one is more up-to-date)". Our side wins for a
-            # missing item (upload again); a differing one becomes a conflict, whose choices
-            # keep both copies unless the user picks one.
-            decision = (
-                Decision("not_synced", clear_ids=True, mark_due=True, event="remote_deleted")
-                if change == DELETED
-                else decide(
-                    EDITED,
-                    f.onedrive_sync_status,
-                    tracked=True,
-                    library_changed=True,
-                    policy=policy,
-                )
-            )
-        else:
-            decision = decide(
-                change, f.onedrive_sync_status, tracked=True,
-                library_changed=library_changed, policy=policy,
-            )  # fmt: skip
-        if _apply_decision(user_id, f, item, decision, paths):
-            done += 1
-    return done
+    ):
+        missing.setdefault(str(tracked_id), False)
+    rows = [
+        {"user_id": integration.user_id, "integration_id": integration.id, "item_id": item_id,
+         "seq": -1, "deleted": True, "is_folder": is_folder, "size": 0}
+        for item_id, is_folder in missing.items()
+    ]  # fmt: skip
+    for start in range(0, len(rows), APPLY_CHUNK):
+        db.session.execute(insert(RemoteItemChange), rows[start : start + APPLY_CHUNK])
 
 
-def _apply_decision(
-    user_id: int, f: File, item: RemoteItem | None, decision: Decision, paths: dict[str, str]
-) -> bool:
-    if decision == NOTHING:
+def _transition(f: File, t: Transition, new: Any, now: datetime) -> bool:
+    """Write one file's transition (conditional on the state it was decided from)."""
+    if t is NOTHING or (t.status is None and not t.clear_link and not t.follow):
+        if t.kind == "edited":  # e.g. a conflict whose OneDrive side changed again
+            events.file_remote_changed.send(None, user_id=f.owner_id, file_id=f.id,
+                                            change="edited", item_id=new.item_id)  # fmt: skip
         return False
     values: dict[str, Any] = {}
-    old_path = f.onedrive_path
-    if decision.follow and item is not None:
-        base = paths.get(item.parent_id or "")
-        values["onedrive_name"] = item.name
-        if base is not None:
-            values["onedrive_path"] = f"{base}/{item.name}"
-        if decision.status in (None, "synced"):
-            # The item is still the content we synced: its tags are the new base, so the
-            # transfer's reconcile does not mistake a rename for an edit.
-            values["onedrive_etag"] = item.etag
-            values["onedrive_ctag"] = item.ctag
-    if decision.status is not None:
-        values["onedrive_sync_status"] = decision.status
-        if decision.status == "conflict":
-            values["onedrive_error"] = BOTH_CHANGED_MESSAGE
-        elif decision.status in ("remote_changed", "remote_deleted", "local_only", "synced"):
-            values["onedrive_error"] = None
-    if decision.clear_ids:
+    if t.status is not None:
+        values["onedrive_sync_status"] = t.status
+        values["onedrive_error"] = t.message
+        # A failure's retry schedule is over: the file waits for the user or the next sync.
+        values.update(next_attempt_at=None, failure_kind=None, failure_code=None,
+                      failing_since=None, sync_attempts=0)  # fmt: skip
+    if t.status == "synced":
+        values["onedrive_etag"] = new.etag
+    if t.clear_link:
         values.update(
             onedrive_id=None, onedrive_etag=None, onedrive_ctag=None, onedrive_path=None,
             onedrive_web_url=None, onedrive_name=None, synced_content_hash=None,
-            onedrive_synced_at=None, upload_url=None, upload_expires_at=None, bytes_sent=0,
+            upload_url=None, upload_expires_at=None, bytes_sent=0,
         )  # fmt: skip
-    values = {k: v for k, v in values.items() if getattr(f, k) != v}
-    if not values:
-        return False
-    # Conditional on what we read: a transfer that claimed the file meanwhile wins (its
-    # reconcile reads the item again), and this check changes nothing for it.
+    elif t.follow and new.name:
+        values["onedrive_name"] = new.name
     moved = changed(
         update(File)
         .where(
             File.id == f.id,
-            File.owner_id == user_id,
+            File.owner_id == f.owner_id,
             File.onedrive_sync_status == f.onedrive_sync_status,
-            File.onedrive_id == f.onedrive_id,
-            File.content_hash == f.content_hash,
         )
         .values(**values)
         .execution_options(synchronize_session=False)
     )
     if not moved:
-        return False
-    item_id = item.item_id if item else f.onedrive_id
-    if decision.event == "remote_moved" and "onedrive_path" in values:
-        events.file_remote_moved.send(
-            None, user_id=user_id, file_id=f.id, item_id=item_id,
-            old_path=old_path, new_path=values["onedrive_path"],
-        )  # fmt: skip
-    elif decision.event == "remote_changed":
-        events.file_remote_changed.send(None, user_id=user_id, file_id=f.id, item_id=item_id)
-    elif decision.event == "remote_deleted":
-        events.file_remote_deleted.send(
-            None, user_id=user_id, file_id=f.id, item_id=item_id,
-            outcome=decision.status,
-        )  # fmt: skip
-    elif decision.event == "conflict":
-        events.file_conflict.send(None, user_id=user_id, file_id=f.id, reason=BOTH_CHANGED_MESSAGE)
-    if decision.mark_due:
-        autosync.mark_due(user_id)
-    return True
+        return False  # the engine took the file meanwhile: its own reconcile decides
+    if t.mark_due:
+        autosync.mark_due(f.owner_id, now)
+    if t.kind:
+        detail = new.name if t.kind in ("renamed", "restored") else None
+        events.file_remote_changed.send(None, user_id=f.owner_id, file_id=f.id, change=t.kind,
+                                        item_id=new.item_id, name=detail)  # fmt: skip
+    return t.status is not None
+
+
+def _update_mirror(integration: Integration, chunk: Sequence[Any]) -> None:
+    """Bring the mirror up to date with one chunk of staged items."""
+    ids = [r.item_id for r in chunk]
+    db.session.execute(
+        delete(RemoteItem).where(
+            RemoteItem.integration_id == integration.id,
+            RemoteItem.user_id == integration.user_id,
+            RemoteItem.item_id.in_(ids),
+        )
+    )
+    live = [
+        {
+            "user_id": integration.user_id,
+            "integration_id": integration.id,
+            "item_id": r.item_id,
+            "parent_id": r.parent_id,
+            "name": r.name or "",
+            "is_folder": r.is_folder,
+            "size": r.size,
+            "etag": r.etag,
+            "ctag": r.ctag,
+            "quick_xor_hash": r.quick_xor_hash,
+            "modified_at": r.modified_at,
+        }
+        for r in chunk
+        if not r.deleted
+    ]
+    if live:
+        db.session.execute(insert(RemoteItem), live)
+
+
+def _record_path(integration: Integration, file_id: int) -> None:
+    """Record where a followed file now is in OneDrive (its path from the mirror's parents)."""
+    f = db.session.get(File, file_id)
+    if f is None or f.owner_id != integration.user_id or not f.onedrive_id:
+        return
+    names: list[str] = []
+    cur: str | None = f.onedrive_id
+    for _ in range(64):  # deeper than any sync folder we make; stops a cycle
+        if cur is None or cur == integration.folder_id:
+            break
+        row = db.session.execute(
+            select(RemoteItem.parent_id, RemoteItem.name).where(
+                RemoteItem.integration_id == integration.id,
+                RemoteItem.user_id == integration.user_id,
+                RemoteItem.item_id == cur,
+            )
+        ).first()
+        if row is None:
+            return
+        names.append(row.name)
+        cur = row.parent_id
+    path = "/" + "/".join([integration.folder_path.strip("/"), *reversed(names)]).strip("/")
+    db.session.execute(
+        update(File)
+        .where(File.id == f.id, File.owner_id == integration.user_id)
+        .values(
+            onedrive_path=path[:1024],
+            onedrive_name=names[0][:255] if names else f.onedrive_name,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _count_untracked(integration: Integration) -> int:
+    tracked = select(File.onedrive_id).where(
+        File.owner_id == integration.user_id, File.onedrive_id.is_not(None)
+    )
+    return int(
+        db.session.execute(
+            select(func.count())
+            .select_from(RemoteItem)
+            .where(
+                RemoteItem.integration_id == integration.id,
+                RemoteItem.user_id == integration.user_id,
+                RemoteItem.is_folder.is_(False),
+                RemoteItem.item_id.not_in(tracked),
+            )
+        ).scalar_one()
+    )

@@ -24,7 +24,7 @@ from sqlalchemy import delete
 from .. import events
 from ..extensions import db
 from ..models import ExportJob, File, FileEvent, SyncRun, User, UserSession
-from . import accounts, audit, integrations
+from . import accounts, audit, integrations, subscriptions
 from .errors import NotFound, ValidationError
 from .storage import LocalStorage
 
@@ -40,6 +40,7 @@ def delete_account(user_id: int, password: str, storage: LocalStorage) -> None:
         raise ValidationError(
             {"password": "That is not your current password. Your account was not deleted."}
         )
+    subscriptions.remove(user_id)  # Graph would notify for up to 30 days otherwise
     integrations.disconnect(user_id)
     names = list(
         db.session.execute(db.select(File.stored_path).where(File.owner_id == user_id)).scalars()

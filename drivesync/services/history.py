@@ -28,9 +28,18 @@ _SIGNALS = {
     events.file_failed: "failed",
     events.file_conflict: "conflict",
     events.conflict_resolved: "resolved",
-    events.file_remote_changed: "remote_changed",
-    events.file_remote_moved: "remote_moved",
-    events.file_remote_deleted: "remote_deleted",
+    events.file_remote_changed: "remote",
+}
+
+
+# What the user chose, as the history page says it ("Conflict resolved: kept both.").
+_CHOICES = {
+    "keep_both": "kept both",
+    "replace": "replaced OneDrive's copy",
+    "skip": "kept OneDrive's copy",
+    "keep_library": "kept the library's version over OneDrive's newer one",
+    "upload_again": "uploading again after it was deleted in OneDrive",
+    "keep_only": "kept only in the library after it was deleted in OneDrive",
 }
 
 
@@ -43,13 +52,15 @@ def _detail(kind: str, kw: dict[str, Any]) -> str | None:
         return (f"{reason} ({kind_of})" if kind_of else reason)[:600] or None
     if kind == "conflict":
         return str(kw.get("reason") or "")[:600] or None
+    if kind == "remote":
+        change = {"edited": "Edited in OneDrive", "renamed": "Renamed or moved in OneDrive",
+                  "deleted": "Deleted in OneDrive", "restored": "Restored in OneDrive"}.get(
+            str(kw.get("change")), "Changed in OneDrive")  # fmt: skip
+        name = kw.get("name")
+        return (f"{change}: {name}" if name else change)[:600]
     if kind == "resolved":
-        return str(kw.get("action") or "")[:600] or None
-    if kind == "remote_moved":
-        return f"{kw.get('old_path') or ''} → {kw.get('new_path') or ''}"[:600]
-    if kind == "remote_deleted":
-        return {"not_synced": "uploaded again by your setting", "local_only":
-                "kept only in the library by your setting"}.get(str(kw.get("outcome")))  # fmt: skip
+        action = str(kw.get("action") or "")
+        return _CHOICES.get(action, action)[:600] or None
     if kind == "synced" and kw.get("replaced"):
         return "replaced the OneDrive copy"
     if kind == "deleted":

@@ -24,7 +24,7 @@ from ..graph import oauth, urls
 from ..graph.client import GraphClient
 from ..graph.errors import AuthError
 from ..graph.retry import Pacer
-from ..models import File, Integration, OAuthToken, RemoteItem, User, utcnow
+from ..models import File, Integration, OAuthToken, RemoteItem, RemoteItemChange, User, utcnow
 from ..scope import user_scope
 from ..vault import Vault, development_keys
 from .errors import ServiceError
@@ -394,9 +394,6 @@ def complete_connect(
     elif integration.account_id and integration.account_id != account_id:
         logger.info("user %s switched Microsoft account; resetting OneDrive links", user_id)
         _reset_file_links(user_id)
-        # The other account's folder mirror and delta cursor are of no use: enumerate afresh.
-        integration.delta_link = None
-        db.session.execute(delete(RemoteItem).where(RemoteItem.integration_id == integration.id))
     quota = drive.get("quota") or {}
     integration.status = "active"
     integration.status_reason = None
@@ -410,7 +407,7 @@ def complete_connect(
     integration.quota_used = quota.get("used")
     integration.quota_total = quota.get("total")
     integration.connected_at = utcnow()
-    # The first delta check of the folder is due now (services/changes.py).
+    # The first delta check (the initial enumeration of the folder) runs at the next tick.
     integration.delta_due_at = integration.connected_at
     db.session.flush()
     save_token(integration, token)
@@ -420,6 +417,14 @@ def complete_connect(
 
 
 def _reset_file_links(user_id: int) -> None:
+    # The mirror and the cursor describe the other account's drive.
+    db.session.execute(delete(RemoteItem).where(RemoteItem.user_id == user_id))
+    db.session.execute(delete(RemoteItemChange).where(RemoteItemChange.user_id == user_id))
+    db.session.execute(
+        update(Integration)
+        .where(Integration.user_id == user_id)
+        .values(delta_link=None, delta_checked_at=None, remote_new_count=0)
+    )
     db.session.execute(
         update(File)
         .where(File.owner_id == user_id)

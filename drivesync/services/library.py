@@ -19,10 +19,8 @@ from .storage import IncomingFile, LocalStorage
 
 logger = logging.getLogger(__name__)
 
-# The same sentence as transfer.BOTH_CHANGED_MESSAGE (library sits below transfer).
-BOTH_SIDES_CHANGED = (
-    "Both this file and its OneDrive copy changed since the last sync. Choose which to keep."
-)
+# The sentence of services/changes.BOTH_CHANGED_MESSAGE (library sits below it).
+BOTH_SIDES_CHANGED = "Changed both here and in OneDrive since the last sync. Choose which to keep."
 
 SORTS = {
     "name": (File.original_name.asc(), File.id.asc()),
@@ -256,9 +254,8 @@ def replace_file(
             )
             .values(onedrive_sync_status="not_synced", onedrive_error=None)
         )
-        # OneDrive already had a newer version: both sides changed now (the conflict's
-        # choices). A local_only file stays local_only (only "Upload again" sends it), and
-        # remote_deleted stays until the user chooses.
+        # OneDrive already had a newer version: now both sides changed (the conflict's
+        # choices). A remote_deleted file keeps its question; a local_only one stays local.
         db.session.execute(
             update(File)
             .where(

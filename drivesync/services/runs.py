@@ -119,6 +119,10 @@ def _execute_run(
     except (NotConnected, ReauthRequired) as exc:
         return _finish_run(run_id, user_id, "stopped", exc.message)
     assert folder_id is not None  # noqa: S101 - load_integration checks it
+    # The decision is on the row too: a run the scheduler queued again arrives without it.
+    resolve = resolve or db.session.scalar(
+        db.select(SyncRun.resolve).where(SyncRun.id == run_id, SyncRun.user_id == user_id)
+    )
     status = "conflict" if resolve else "not_synced"
     ids = list(
         db.session.execute(

@@ -13,7 +13,10 @@ then, per user and under ``user_scope``, :func:`reconcile_user`:
    once the quota shows room;
 4. keep the connection alive: refresh tokens unused for ``TOKEN_KEEPALIVE_DAYS`` (Microsoft
    drops refresh tokens left unused for 90 days);
-5. :func:`check_remote_changes`: the place for the next issue's delta check (a no-op today);
+   then ``subscriptions.maintain``: renew the change-notification subscription at its
+   ``renew_at``, recreate it when Graph answers 404, create it when missing (webhooks only);
+5. :func:`check_remote_changes`: the delta check of the sync folder when it is due
+   (``services.changes``: edits, renames, moves and deletions made in OneDrive);
 6. failure notices (``services.notices``): open, notify once, close episodes.
 
 The database is the source of truth; queues only carry wake-ups, so a lost message or a Redis
@@ -44,7 +47,7 @@ from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..models import File, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
 from ..scope import user_scope
-from . import autosync, changes, failures, notices, runs, sync
+from . import autosync, changes, failures, notices, runs, subscriptions, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -165,6 +168,7 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
     ).scalar_one_or_none()
     if integration is not None and integration.active:
         _keep_alive(user_id, integration, now)
+        subscriptions.maintain(user_id, now)  # renew ahead of expiry, recreate, or create
         if integration.paused_at is None:
             start_due_work(user_id, now)
             check_remote_changes(user_id, now)
@@ -182,17 +186,8 @@ def wake_user(user_id: int) -> None:
 
 
 def check_remote_changes(user_id: int, now: datetime | None = None) -> None:
-    """Run the delta check of the user's OneDrive folder when it is due (``delta_due_at``).
-
-    Called for every connected, unpaused user with due work; ``changes.check`` records its own
-    failure (error, backoff) and never raises for a Graph or network failure.
-    """
-    now = now or utcnow()
-    due = db.session.execute(
-        db.select(Integration.delta_due_at).where(Integration.user_id == user_id)
-    ).scalar_one_or_none()
-    if due is not None and due <= now:
-        changes.check(user_id, now)
+    """Check OneDrive for changes made there when the delta check is due (services/changes)."""
+    changes.check_if_due(user_id, now)
 
 
 # -- runs ------------------------------------------------------------------------------------------

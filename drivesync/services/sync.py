@@ -29,7 +29,7 @@ from sqlalchemy import and_, func, or_, update
 from .. import events, tasks
 from ..extensions import db
 from ..graph.types import DriveItem
-from ..models import File, Integration, RemoteItem, SyncRun, utcnow
+from ..models import File, Integration, SyncRun, utcnow
 from . import autosync, library
 from .errors import Conflict, NotFound, ServiceError, ValidationError
 from .runs import ACTIVE_RUN_STATUSES
@@ -296,9 +296,86 @@ def resolve_conflict(user_id: int, file_id: int, action: str) -> SyncRun | None:
     run = _create_run(user_id, [f.id], f.size, statuses=("conflict",))
     if not run.total:
         raise Conflict("This file is not in conflict.")
+    run.resolve = action  # stored: a run queued again (lost message, dead worker) keeps it
     events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action=action)
     db.session.commit()
     return _enqueue(run, user_id, resolve=action)
+
+
+# -- changes made in OneDrive (services/changes.py decides the states) -----------------------------
+
+_FORGET_ITEM = {
+    "onedrive_id": None,
+    "onedrive_etag": None,
+    "onedrive_ctag": None,
+    "onedrive_path": None,
+    "onedrive_web_url": None,
+    "onedrive_name": None,
+    "synced_content_hash": None,
+    "upload_url": None,
+    "upload_expires_at": None,
+    "bytes_sent": 0,
+    "onedrive_error": None,
+    "onedrive_note": None,
+    "skipped_hash": None,
+}
+
+
+def keep_library_version(user_id: int, file_id: int) -> SyncRun | None:
+    """OneDrive has a newer version and the user keeps the library's: replace OneDrive's copy.
+
+    The same one-file run as a conflict's *Replace* (the decision is stored on the run).
+    """
+    f = library.get_file(user_id, file_id)
+    if f.onedrive_sync_status != "remote_changed":
+        raise Conflict("OneDrive has no newer version of this file.")
+    _serialise_requests(load_integration(user_id).id)
+    if _active_run(user_id) is not None:
+        raise Conflict("A sync is already running; try again when it has finished.")
+    moved = update_sync_status(
+        user_id, file_id, "conflict", expected="remote_changed", commit=False
+    )
+    if not moved:
+        raise Conflict("OneDrive has no newer version of this file.")
+    run = _create_run(user_id, [f.id], f.size, statuses=("conflict",))
+    if not run.total:
+        raise Conflict("OneDrive has no newer version of this file.")
+    run.resolve = "replace"
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="keep_library")
+    db.session.commit()
+    return _enqueue(run, user_id, resolve="replace")
+
+
+def upload_again(user_id: int, file_id: int) -> File:
+    """Upload a file deleted in OneDrive (or kept only in the library) again, as a new item."""
+    f = library.get_file(user_id, file_id)
+    if not update_sync_status(
+        user_id,
+        file_id,
+        "not_synced",
+        expected=("remote_deleted", "local_only"),
+        commit=False,
+        **_FORGET_ITEM,
+    ):
+        raise Conflict("This file is not deleted in OneDrive.")
+    autosync.mark_due(user_id)  # automatic sync takes it (Sync All does in any case)
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="upload_again")
+    db.session.commit()
+    db.session.refresh(f)
+    return f
+
+
+def keep_only_in_library(user_id: int, file_id: int) -> File:
+    """Keep a file deleted in OneDrive only in the library: no sync uploads it until asked."""
+    f = library.get_file(user_id, file_id)
+    if not update_sync_status(
+        user_id, file_id, "local_only", expected="remote_deleted", commit=False, **_FORGET_ITEM
+    ):
+        raise Conflict("This file is not deleted in OneDrive.")
+    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="keep_only")
+    db.session.commit()
+    db.session.refresh(f)
+    return f
 
 
 # -- reading progress ------------------------------------------------------------------------------
@@ -321,103 +398,3 @@ def file_progress(user_id: int, run_id: int) -> list[File]:
             .order_by(File.id)
         ).scalars()
     )
-
-
-# -- what the user does about a change made in OneDrive (services/changes.py) ----------------------
-
-_CLEARED_LINK: dict[str, Any] = {
-    "onedrive_id": None,
-    "onedrive_etag": None,
-    "onedrive_ctag": None,
-    "onedrive_path": None,
-    "onedrive_web_url": None,
-    "onedrive_name": None,
-    "onedrive_synced_at": None,
-    "synced_content_hash": None,
-    "upload_url": None,
-    "upload_expires_at": None,
-    "bytes_sent": 0,
-    "onedrive_error": None,
-    "onedrive_note": None,
-}
-
-
-def keep_library_version(user_id: int, file_id: int) -> SyncRun | None:
-    """Replace OneDrive's newer version of a ``remote_changed`` file with the library's.
-
-    The item's current eTag/cTag (from the folder's mirror) become the file's base, so the
-    transfer's reconcile sees OneDrive "unchanged since the last sync" and replaces it (with
-    If-Match on the eTag it reads: an edit made after this choice still becomes a conflict).
-    Queued as a one-file run when none is running, else left for automatic sync / Sync All.
-    """
-    f = library.get_file(user_id, file_id)
-    if f.onedrive_sync_status != "remote_changed" or not f.onedrive_id:
-        raise Conflict("OneDrive has no newer version of this file.")
-    item = db.session.execute(
-        db.select(RemoteItem).where(
-            RemoteItem.user_id == user_id, RemoteItem.item_id == f.onedrive_id
-        )
-    ).scalar_one_or_none()
-    if item is None:
-        raise Conflict("OneDrive's copy of this file is no longer in your folder.")
-    if not update_sync_status(
-        user_id,
-        file_id,
-        "not_synced",
-        expected="remote_changed",
-        commit=False,
-        onedrive_etag=item.etag,
-        onedrive_ctag=item.ctag,
-        onedrive_error=None,
-        onedrive_note=None,
-        skipped_hash=None,
-    ):
-        raise Conflict("OneDrive has no newer version of this file.")
-    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="keep_library")
-    autosync.mark_due(user_id)
-    db.session.commit()
-    return _queue_one(user_id, file_id)
-
-
-def upload_again(user_id: int, file_id: int) -> SyncRun | None:
-    """Upload a file deleted in OneDrive (or kept only in the library) again, as a new item."""
-    f = library.get_file(user_id, file_id)
-    state = f.onedrive_sync_status
-    if state not in ("remote_deleted", "local_only"):
-        raise Conflict("This file was not deleted in OneDrive.")
-    if not update_sync_status(
-        user_id, file_id, "not_synced", expected=state, commit=False, **_CLEARED_LINK
-    ):
-        raise Conflict("This file was not deleted in OneDrive.")
-    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="upload_again")
-    autosync.mark_due(user_id)
-    db.session.commit()
-    return _queue_one(user_id, file_id)
-
-
-def keep_only_in_library(user_id: int, file_id: int) -> None:
-    """Keep a file deleted in OneDrive only in the library (``local_only``, sticky).
-
-    Sync All and automatic sync never take a ``local_only`` file (they take not_synced, error
-    and conflict only), and replacing its content keeps it ``local_only``: only *Upload again*
-    sends it to OneDrive.
-    """
-    f = library.get_file(user_id, file_id)
-    if f.onedrive_sync_status != "remote_deleted":
-        raise Conflict("This file was not deleted in OneDrive.")
-    if not update_sync_status(
-        user_id, file_id, "local_only", expected="remote_deleted", commit=False, **_CLEARED_LINK
-    ):
-        raise Conflict("This file was not deleted in OneDrive.")
-    events.conflict_resolved.send(None, user_id=user_id, file_id=file_id, action="keep_local")
-    db.session.commit()
-
-
-def _queue_one(user_id: int, file_id: int) -> SyncRun | None:
-    """Start a one-file run for the file now if possible; else automatic sync takes it."""
-    try:
-        return request_sync(user_id, [file_id])
-    except (Conflict, NothingToSync, ServiceError) as exc:
-        db.session.rollback()
-        logger.info("user %s: file %s left for the next sync (%s)", user_id, file_id, exc)
-        return None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Flask
 
-from . import account, accounts, automation, errors, library, onedrive
+from ..extensions import csrf
+from . import account, accounts, automation, errors, library, notifications, onedrive
 
 
 def register_blueprints(app: Flask) -> None:
@@ -16,3 +17,5 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(account.bp)
     app.register_blueprint(automation.bp)
     automation.init_app(app)
+    app.register_blueprint(notifications.bp)
+    csrf.exempt(notifications.bp)  # Graph has no session; clientState authenticates instead

@@ -22,7 +22,7 @@ from flask import (
 from flask_login import current_user, login_required
 
 from ..graph.errors import GraphError
-from ..services import integrations, overview, remote
+from ..services import integrations, overview, remote, subscriptions
 from ..services import sync as sync_service
 from ..services.errors import Conflict, ServiceError
 from ..vault import VaultError
@@ -157,6 +157,8 @@ def callback() -> Any:
         logger.info("OneDrive connect for user %s failed: %s", current_user.id, exc.code)
         flash(f"OneDrive could not be connected: {exc.human_message()}", "error")
         return redirect(_settings_url(), code=303)
+    # After the commit; never breaks connecting (failures are logged, the scheduler retries).
+    subscriptions.ensure(current_user.id)
     who = integration.account_email or integration.account_name or "your account"
     flash(f"OneDrive connected as {who}.", "success")
     return redirect(_settings_url(), code=303)
@@ -166,6 +168,7 @@ def callback() -> Any:
 @login_required
 def disconnect() -> Any:
     """Forget the OneDrive connection and its tokens (files stay in the library)."""
+    subscriptions.remove(current_user.id)  # best effort on Graph; before the row cascades away
     if integrations.disconnect(current_user.id):
         flash("OneDrive disconnected. Your files are still in your library.", "info")
     return redirect_to(_settings_url())

@@ -4,7 +4,8 @@ Files gain three states: ``remote_changed`` (OneDrive has a newer version), ``re
 (deleted, or moved out of the sync folder, in OneDrive) and ``local_only`` (the user chose to
 keep it only in the library). Integrations gain the delta cursor and its schedule (``delta_due_at``: NULL when no check is
 scheduled; every active connection is due at once after this upgrade), the count of
-untracked files in the folder and the remote-deletion policy (ask | upload | keep).
+untracked files in the folder and the remote-deletion policy (ask | upload | keep). Sync runs
+store the conflict decision they carry out (``resolve``), so a run queued again keeps it.
 
 New tables, each under row-level security like the others (``user_id = app.user_id``):
 ``remote_items`` (the folder as the last complete delta left it), ``remote_item_changes`` (a
@@ -114,6 +115,10 @@ def upgrade():
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_files_sync_status'), type_='check')
         batch_op.create_check_constraint('sync_status', _in('onedrive_sync_status', NEW_STATUSES))
+
+    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('resolve', sa.String(length=16), nullable=True))
+        batch_op.create_check_constraint('resolve', "resolve IS NULL OR resolve IN ('keep_both', 'replace')")
 
     with op.batch_alter_table('integrations', schema=None) as batch_op:
         batch_op.add_column(sa.Column('delta_link', sa.Text(), nullable=True))
@@ -271,6 +276,9 @@ def downgrade():
         for column in ('remote_policy', 'remote_new_count', 'delta_failures', 'delta_error',
                        'delta_due_at', 'delta_checked_at', 'delta_link'):
             batch_op.drop_column(column)
+    with op.batch_alter_table('sync_runs', schema=None) as batch_op:
+        batch_op.drop_constraint(op.f('ck_sync_runs_resolve'), type_='check')
+        batch_op.drop_column('resolve')
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_files_sync_status'), type_='check')
         batch_op.create_check_constraint('sync_status', _in('onedrive_sync_status', OLD_STATUSES))

@@ -1,10 +1,10 @@
-"""Delta change detection: the transition table, the check (staging, apply, 410, failures),
-link validation and the file actions. HTTP is mocked with ``responses``; the database is real
-(SQLite, or PostgreSQL under row-level security when configured)."""
+"""Change detection (services/changes.py, graph/delta.py): the transition table, delta links,
+and checks against a mocked Graph: pages staged and applied only after the deltaLink, a partial
+or failed listing changes nothing, the last occurrence of an item wins, 410 enumerates again."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -13,489 +13,307 @@ import responses
 from flask import Flask
 
 from drivesync.extensions import db
-from drivesync.graph.delta import RESYNC_APPLY, RESYNC_UPLOAD, is_delta_link
-from drivesync.models import File, FileEvent, Integration, RemoteItem, RemoteItemChange, utcnow
-from drivesync.scope import user_scope
-from drivesync.services import autosync, changes, integrations, scheduler, sync
-from drivesync.services.changes import DELETED, EDITED, MOVED, SAME, Decision, decide
-from drivesync.services.errors import Conflict, NotFound
+from drivesync.graph import delta
+from drivesync.graph.client import GraphClient
+from drivesync.graph.retry import Pacer
+from drivesync.models import File, Integration, RemoteItem, RemoteItemChange, utcnow
+from drivesync.services import changes
+from drivesync.services.changes import Local, Remote, Transition, decide
+from tests.unit.conftest import FOLDER_ID
 
-GRAPH = "https://graph.microsoft.com/v1.0"
-FOLDER = "F"
-START = f"{GRAPH}/me/drive/items/{FOLDER}/delta"
-LINK1 = f"{START}?token=t1"
-LINK2 = f"{START}?token=t2"
+GRAPH = "https://graph.example/v1.0"
+START = f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta"
 
 
-@pytest.fixture
-def app_overrides() -> dict[str, Any]:
-    """A configured (fake) Microsoft app; no request leaves the process."""
-    return {"MS_CLIENT_ID": "client", "MS_CLIENT_SECRET": "secret"}
+# -- the transition table ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def uid(app: Flask, make_user: Callable[..., int]) -> int:
-    """A user connected to a personal drive whose sync folder is ``F`` (/drivesync)."""
-    user_id = make_user()
-    with app.app_context(), user_scope(user_id):
-        integration = Integration(
-            user_id=user_id, provider="onedrive", folder_id=FOLDER, folder_path="drivesync",
-            drive_type="personal",
-        )  # fmt: skip
-        db.session.add(integration)
-        db.session.flush()
-        integrations.save_token(
-            integration, {"access_token": "A", "refresh_token": "R", "expires_in": 3600}
-        )
-        db.session.commit()
-    return user_id
-
-
-def item(
-    item_id: str, name: str, parent: str = FOLDER, *, ctag: str | None = None,
-    qxh: str | None = None, folder: bool = False,
-) -> dict[str, Any]:  # fmt: skip
-    out: dict[str, Any] = {
-        "id": item_id, "name": name, "parentReference": {"id": parent},
-        "eTag": f"e-{item_id}-{ctag}-{name}", "size": 3,
+def local(status: str, **kw: Any) -> Local:
+    """A tracked library file whose synced bytes hash to "H" (eTag "E1", name "a.txt")."""
+    values: dict[str, Any] = {
+        "status": status, "etag": "E1", "ctag": "C1", "quick_xor_hash": "H", "size": 5,
+        "content_hash": "sha", "synced_content_hash": "sha", "skipped_hash": None,
+        "name": "a.txt", "parent_id": "P",
     }  # fmt: skip
-    if folder:
-        out["folder"] = {"childCount": 0}
-    else:
-        out["cTag"] = ctag or f"c-{item_id}"
-        out["file"] = {"hashes": {"quickXorHash": qxh or f"h-{item_id}"}}
-    return out
+    values.update(kw)
+    return Local(**values)
 
 
-def gone(item_id: str) -> dict[str, Any]:
-    """A deleted item as a business drive sends it: no name."""
-    return {"id": item_id, "deleted": {"state": "deleted"}, "parentReference": {"id": "root"}}
+OLD = Remote(False, "E1", "C1", "H", 5, "a.txt", "P")
+EDITED = Remote(False, "E2", "C2", "H2", 6, "a.txt", "P")
+RENAMED = Remote(False, "E2", "C1", "H", 5, "b.txt", "P")
+MOVED = Remote(False, "E2", "C1", "H", 5, "a.txt", "Q")
+DELETED = Remote(True, name=None, parent_id="P")
+UNCHANGED = Remote(False, "E1", "C1", "H", 5, "a.txt", "P")
+
+STATES = ("not_synced", "syncing", "synced", "error", "conflict", "remote_changed",
+          "remote_deleted", "local_only")  # fmt: skip
+
+# (local state, remote change) -> (new state or None for unchanged, kind, clears the link)
+TABLE: dict[tuple[str, str], tuple[str | None, str | None, bool]] = {
+    ("not_synced", "edited"): ("conflict", "edited", False),
+    ("not_synced", "renamed"): (None, "renamed", False),
+    ("not_synced", "deleted"): (None, "deleted", True),
+    ("syncing", "edited"): (None, None, False),
+    ("syncing", "renamed"): (None, None, False),
+    ("syncing", "deleted"): (None, None, False),
+    ("synced", "edited"): ("remote_changed", "edited", False),
+    ("synced", "renamed"): (None, "renamed", False),
+    ("synced", "deleted"): ("remote_deleted", "deleted", False),
+    ("error", "edited"): ("conflict", "edited", False),
+    ("error", "renamed"): (None, "renamed", False),
+    ("error", "deleted"): (None, "deleted", True),
+    ("conflict", "edited"): (None, "edited", False),
+    ("conflict", "renamed"): (None, "renamed", False),
+    ("conflict", "deleted"): ("remote_deleted", "deleted", False),
+    ("remote_changed", "edited"): (None, "edited", False),
+    ("remote_changed", "renamed"): (None, "renamed", False),
+    ("remote_changed", "deleted"): ("remote_deleted", "deleted", False),
+    ("remote_deleted", "edited"): ("remote_changed", "restored", False),
+    ("remote_deleted", "renamed"): ("synced", "restored", False),
+    ("remote_deleted", "deleted"): (None, None, False),
+    ("local_only", "edited"): (None, None, False),
+    ("local_only", "renamed"): (None, None, False),
+    ("local_only", "deleted"): (None, None, False),
+}
+CHANGES = {"edited": EDITED, "renamed": RENAMED, "deleted": DELETED}
 
 
-def page(url: str, items: list[dict[str, Any]], *, next_link: str | None = None,
-         delta_link: str | None = None, match_query: bool = True) -> None:  # fmt: skip
-    body: dict[str, Any] = {"value": items}
-    if next_link:
-        body["@odata.nextLink"] = next_link
-    if delta_link:
-        body["@odata.deltaLink"] = delta_link
-    responses.get(url, json=body, match=[responses.matchers.query_string_matcher(
-        url.partition("?")[2])] if match_query and "?" in url else [])  # fmt: skip
+@pytest.mark.parametrize(("state", "change"), sorted(TABLE))
+def test_transition_table(state: str, change: str) -> None:
+    """Each remote change x each local state (policy ask)."""
+    t = decide(local(state), OLD, CHANGES[change])
+    assert (t.status, t.kind, t.clear_link) == TABLE[(state, change)]
 
 
-def add_file(app: Flask, uid: int, name: str, **values: Any) -> int:
-    defaults: dict[str, Any] = {
-        "owner_id": uid, "original_name": name, "stored_path": f"p/{name}", "size": 3,
-        "mime_type": "text/plain", "content_hash": "s-" + name, "quick_xor_hash": "q-" + name,
-    }  # fmt: skip
-    defaults.update(values)
-    with app.app_context(), user_scope(uid):
-        f = File(**defaults)
-        db.session.add(f)
-        db.session.commit()
-        return f.id
-
-
-def synced_file(app: Flask, uid: int, name: str, item_id: str, **values: Any) -> int:
-    """A file synced as ``item_id`` (cTag c-<id>, qxh = library's) under /drivesync."""
-    return add_file(
-        app, uid, name, onedrive_id=item_id, onedrive_sync_status="synced",
-        onedrive_ctag=f"c-{item_id}", onedrive_etag=f"e-{item_id}", onedrive_name=name,
-        onedrive_path=f"/drivesync/{name}", synced_content_hash="s-" + name, **values,
-    )  # fmt: skip
-
-
-def run_check(app: Flask, uid: int, now: Any = None) -> changes.CheckResult | None:
-    with app.app_context(), user_scope(uid):
-        return changes.check(uid, now or utcnow())
-
-
-def state(app: Flask, uid: int) -> dict[str, Any]:
-    with app.app_context(), user_scope(uid):
-        i = db.session.execute(db.select(Integration)).scalar_one()
-        db.session.refresh(i, ["delta_link"])
-        return {
-            "link": i.delta_link, "error": i.delta_error, "failures": i.delta_failures,
-            "new": i.remote_new_count, "due": i.delta_due_at, "checked": i.delta_checked_at,
-            "mirror": {
-                r.item_id: (r.parent_id, r.name, r.ctag)
-                for r in db.session.execute(db.select(RemoteItem)).scalars()
-            },
-            "staged": db.session.execute(db.select(RemoteItemChange)).scalars().all(),
-            "files": {
-                f.original_name: (f.onedrive_sync_status, f.onedrive_id, f.onedrive_path)
-                for f in db.session.execute(db.select(File)).scalars()
-            },
-        }  # fmt: skip
-
-
-def seed(app: Flask, uid: int, items: list[dict[str, Any]]) -> None:
-    """Run a first check that lists ``items`` and leaves deltaLink LINK1."""
-    page(START, items, delta_link=LINK1, match_query=False)
-    assert run_check(app, uid) is not None
-
-
-# -- the transition table ------------------------------------------------------------------------
-
-STATES = [
-    "not_synced", "syncing", "synced", "error", "conflict", "remote_changed",
-    "remote_deleted", "local_only",
-]  # fmt: skip
-RD = Decision("remote_deleted", event="remote_deleted")
-RC = Decision("remote_changed", follow=True, event="remote_changed")
-CF = Decision("conflict", follow=True, event="conflict")
-FOLLOW = Decision(follow=True, event="remote_moved")
-KEEP = Decision(follow=True)
-NONE = Decision()
-# (change, library_changed) -> expected decision per state, policy "ask"
-TABLE: dict[tuple[str, bool], dict[str, Decision]] = {
-    (EDITED, False): {
-        "not_synced": RC, "syncing": NONE, "synced": RC, "error": RC, "conflict": KEEP,
-        "remote_changed": KEEP, "remote_deleted": RC, "local_only": NONE,
-    },
-    (EDITED, True): {
-        "not_synced": CF, "syncing": NONE, "synced": CF, "error": CF, "conflict": KEEP,
-        "remote_changed": CF, "remote_deleted": CF, "local_only": NONE,
-    },
-    (MOVED, False): {
-        "not_synced": FOLLOW, "syncing": NONE, "synced": FOLLOW, "error": FOLLOW,
-        "conflict": FOLLOW, "remote_changed": FOLLOW, "local_only": NONE,
-        "remote_deleted": Decision("synced", follow=True, event="remote_moved"),
-    },
-    (SAME, False): {
-        "not_synced": KEEP, "syncing": NONE, "synced": KEEP, "error": KEEP, "conflict": KEEP,
-        "remote_changed": KEEP, "remote_deleted": Decision("synced", follow=True),
-        "local_only": NONE,
-    },
-    (SAME, True): {"remote_deleted": Decision("not_synced", follow=True, mark_due=True)},
-    (DELETED, False): {
-        "not_synced": RD, "syncing": NONE, "synced": RD, "error": RD, "conflict": RD,
-        "remote_changed": RD, "remote_deleted": NONE, "local_only": NONE,
-    },
-}  # fmt: skip
+def test_the_table_covers_every_state() -> None:
+    """No state is forgotten (a new one must get its row)."""
+    assert {s for s, _ in TABLE} == set(STATES)
 
 
 @pytest.mark.parametrize(
-    ("change", "library_changed", "st"),
-    [(c, lc, s) for (c, lc), row in TABLE.items() for s in row],
-)
-def test_transition_table(change: str, library_changed: bool, st: str) -> None:
-    expected = TABLE[(change, library_changed)][st]
-    got = decide(change, st, tracked=True, library_changed=library_changed, policy="ask")
-    assert got == expected
+    ("policy", "expected"),
+    [("ask", ("remote_deleted", False, False)), ("upload", ("not_synced", True, True)),
+     ("keep", ("local_only", True, False))],
+)  # fmt: skip
+def test_deletion_policy(policy: str, expected: tuple[str, bool, bool]) -> None:
+    """Deleted in OneDrive: ask, upload again (automatic sync due), or keep only here."""
+    t = decide(local("synced"), OLD, DELETED, policy)
+    assert (t.status, t.clear_link, t.mark_due) == expected
 
 
-@pytest.mark.parametrize("change", [EDITED, MOVED, SAME, DELETED])
-def test_untracked_file_never_changes(change: str) -> None:
-    assert decide(change, "not_synced", tracked=False, library_changed=False, policy="ask") == NONE
+def test_unchanged_and_own_upload_are_nothing() -> None:
+    """The same eTag, or OneDrive holding the library's own bytes, is no remote edit."""
+    assert decide(local("synced"), OLD, UNCHANGED) == Transition()
+    ours = Remote(False, "E9", "C9", "H", 5, "a.txt", "P")  # our upload after the mirror saw E1
+    assert decide(local("synced"), Remote(False, "E1", "C1", "H0", 5, "a.txt", "P"), ours) == (
+        Transition()
+    )
 
 
-@pytest.mark.parametrize("st", ["not_synced", "synced", "error", "conflict", "remote_changed"])
-def test_deletion_follows_the_policy(st: str) -> None:
-    up = decide(DELETED, st, tracked=True, library_changed=False, policy="upload")
-    assert up == Decision("not_synced", clear_ids=True, mark_due=True, event="remote_deleted")
-    keep = decide(DELETED, st, tracked=True, library_changed=False, policy="keep")
-    assert keep == Decision("local_only", clear_ids=True, event="remote_deleted")
+def test_moved_is_followed_and_rewritten_office_file_is_not_an_edit() -> None:
+    """A move is followed by id; bytes OneDrive rewrote (as last seen) are not an edit."""
+    assert decide(local("synced"), OLD, MOVED).follow
+    rewritten = local("synced", quick_xor_hash="LOCAL")
+    seen = Remote(False, "E1", None, "SERVICE", 5, "a.txt", "P")
+    renamed = Remote(False, "E2", None, "SERVICE", 5, "b.txt", "P")
+    t = decide(rewritten, seen, renamed)
+    assert (t.status, t.kind, t.follow) == (None, "renamed", True)
 
 
-def test_our_own_upload_is_not_an_edit() -> None:
-    kw: dict[str, Any] = dict(
-        deleted=False, remote_etag="e2", parent_id=FOLDER, name="a", synced_etag="e1",
-        library_hash="H", known_parent=FOLDER, known_name="a",
-    )  # fmt: skip
-    # cTag equal to what the file last synced
-    assert changes.classify(remote_ctag="c1", remote_hash="X", synced_ctag="c1", **kw) == SAME
-    # a new cTag but the library's own bytes (the echo of our upload)
-    assert changes.classify(remote_ctag="c2", remote_hash="H", synced_ctag="c1", **kw) == SAME
-    assert changes.classify(remote_ctag="c2", remote_hash="X", synced_ctag="c1", **kw) == EDITED
-    # no cTag (Business, hash pending): a changed eTag with the same name is an edit
-    assert changes.classify(remote_ctag=None, remote_hash=None, synced_ctag=None, **kw) == EDITED
-    kw["name"] = "b"
-    assert changes.classify(remote_ctag=None, remote_hash=None, synced_ctag=None, **kw) == MOVED
+def test_skipped_conflict_keeps_onedrives_copy() -> None:
+    """A file whose conflict the user skipped keeps OneDrive's copy when it changes again."""
+    skipped = local("not_synced", skipped_hash="sha")
+    assert decide(skipped, OLD, EDITED).status is None
 
 
-# -- link validation -------------------------------------------------------------------------------
+def test_upload_differences_resync_turns_edits_into_conflicts_and_deletions_into_uploads() -> None:
+    """resyncChangesUploadDifferences: unsure which side is newer, keep both; re-upload missing."""
+    assert decide(local("synced"), OLD, EDITED, unsure=True).status == "conflict"
+    t = decide(local("synced"), OLD, DELETED, "ask", unsure=True)
+    assert (t.status, t.clear_link, t.mark_due) == ("not_synced", True, True)
+
+
+# -- delta links -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("link", "ok"),
     [
-        (f"{GRAPH}/me/drive/items/F/delta?token=abc", True),
-        (f"{GRAPH}/drives/d1/items/F/delta?token=abc&$top=5&$skiptoken=9", True),
-        (f"{GRAPH}/me/drive/items/F/delta", True),
-        ("https://evil.example/v1.0/me/drive/items/F/delta?token=abc", False),
-        ("http://graph.microsoft.com/v1.0/me/drive/items/F/delta", False),
-        (f"{GRAPH}/me/drive/items/OTHER/delta?token=a", False),
-        (f"{GRAPH}/me/drive/root/delta?token=a", False),
-        (f"{GRAPH}/me/drive/items/F/delta/../../root/delta", False),
-        (f"{GRAPH}/me/drive/items/F/%2e%2e/delta", False),
-        (f"{GRAPH}/me/drive/items/F/children?token=a", False),
-        (f"{GRAPH}/me/drive/items/F/delta?token=a&redirect=x", False),
-        (f"{GRAPH}/me/drive/items/F/delta?token=a#frag", False),
-        ("https://user:pw@graph.microsoft.com/v1.0/me/drive/items/F/delta", False),
-        ("https://graph.microsoft.com:99999/v1.0/me/drive/items/F/delta", False),
+        (f"{GRAPH}/me/drive/items/X/delta?token=abc", True),
+        (f"{GRAPH}/drives/d1/items/X/delta(token='abc')", True),
+        (f"{GRAPH}/me/drive/root/delta?token=abc", True),
+        ("https://evil.example/v1.0/me/drive/items/X/delta?token=abc", False),
+        ("http://graph.example/v1.0/me/drive/items/X/delta", False),
+        (f"{GRAPH}/me/drive/items/X/children", False),
+        (f"{GRAPH}/me/drive/items/X/../../../users/delta", False),
+        (f"{GRAPH}/me/drive/items/X/%2e%2e/delta", False),
+        (f"{GRAPH}/users/u/drive/items/X/delta", False),
+        ("https://graph.example/beta/me/drive/items/X/delta", False),
     ],
 )
-def test_delta_link_validation(link: str, ok: bool) -> None:
-    assert is_delta_link(link, GRAPH, FOLDER) is ok
+def test_delta_links_stay_on_graph(link: str, ok: bool) -> None:
+    """Only delta URLs on the Graph origin and root are followed (the token goes nowhere else)."""
+    assert delta.is_delta_link(link, GRAPH) is ok
 
 
-@responses.activate
-def test_a_next_link_elsewhere_is_never_followed_and_changes_nothing(app: Flask, uid: int) -> None:
-    page(START, [item("a", "a.txt")], next_link="https://evil.example/v1.0/me/drive/items/F/delta?token=x",
-         match_query=False)  # fmt: skip
-    assert run_check(app, uid) is None
-    assert all("evil" not in c.request.url for c in responses.calls)
-    s = state(app, uid)
-    assert s["mirror"] == {} and s["staged"] == [] and s["link"] is None
-    assert s["failures"] == 1 and s["error"]
+# -- checks against a mocked Graph ----------------------------------------------------------------
 
 
-# -- the check -------------------------------------------------------------------------------------
+def item(item_id: str, name: str, qxh: str = "H", etag: str = "E1", **kw: Any) -> dict[str, Any]:
+    """A delta file item in the folder."""
+    return {"id": item_id, "name": name, "eTag": etag, "size": 5,
+            "file": {"hashes": {"quickXorHash": qxh}},
+            "parentReference": {"id": FOLDER_ID}, **kw}  # fmt: skip
 
 
-@responses.activate
-def test_first_check_streams_pages_last_occurrence_wins_and_counts_new(
-    app: Flask, uid: int
-) -> None:
-    fid = synced_file(app, uid, "tracked.txt", "t")
-    nxt = f"{START}?token=&$top=1000&$skiptoken=2"
-    page(START, [item(FOLDER, "drivesync", "root", folder=True), item("a", "old.txt")],
-         next_link=nxt, match_query=False)  # fmt: skip
-    second = [item("a", "new.txt"), item("t", "tracked.txt"), item("s", "sub", folder=True),
-              item("b", "b.txt", "s")]  # fmt: skip
-    query = {"token": "", "$top": "1000", "$skiptoken": "2"}
-    responses.get(
-        nxt, json={"value": second, "@odata.deltaLink": LINK1},
-        match=[responses.matchers.query_param_matcher(query)],
+@pytest.fixture
+def graph(app: Flask, monkeypatch: pytest.MonkeyPatch) -> Iterator[responses.RequestsMock]:
+    """Point the check at a mocked Graph (no retries: failures surface at once)."""
+
+    def client_for(user_id: int) -> tuple[GraphClient, Integration]:
+        integration = db.session.execute(
+            db.select(Integration).where(Integration.user_id == user_id)
+        ).scalar_one()
+        client = GraphClient(lambda force: "token", base_url=GRAPH,
+                             pacer=Pacer(max_attempts=1))  # fmt: skip
+        return client, integration
+
+    monkeypatch.setattr(changes, "graph_client_for", client_for)
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+def due_now(user_id: int) -> None:
+    """Make the user's check due."""
+    changes.request_check(user_id, min_gap=timedelta(0))
+
+
+def tracked(user_id: int, make_file: Any, name: str, item_id: str) -> int:
+    """A library file synced as ``item_id`` (bytes hash "H", eTag "E1")."""
+    fid = int(make_file(user_id, name, b"12345"))
+    db.session.execute(
+        db.update(File).where(File.id == fid).values(
+            onedrive_id=item_id, onedrive_etag="E1", onedrive_name=name,
+            onedrive_sync_status="synced", quick_xor_hash="H",
+            onedrive_synced_at=utcnow() - timedelta(hours=1),
+        )
     )  # fmt: skip
-    now = utcnow()
-    result = run_check(app, uid, now)
-    assert result is not None and result.requests == 2 and result.items == 6
-    s = state(app, uid)
-    assert s["mirror"]["a"][1] == "new.txt"  # the last occurrence won, once
-    assert len(s["mirror"]) == 5 and s["staged"] == []
-    assert s["new"] == 2  # a and b (in a subfolder); t is tracked; folders never count
-    assert s["link"] == LINK1 and s["error"] is None and s["checked"] == now
-    assert s["due"] == now + timedelta(seconds=900)
-    assert s["files"]["tracked.txt"][0] == "synced"
-    with app.app_context(), user_scope(uid):
-        assert changes.untracked_item_ids(uid, ["a", "b", "t", "s", "zz"]) == {"a", "b"}
-        assert db.session.get(File, fid).onedrive_sync_status == "synced"
+    db.session.commit()
+    return fid
 
 
-@responses.activate
-def test_a_check_when_nothing_changed_costs_one_request(app: Flask, uid: int) -> None:
-    synced_file(app, uid, "x.txt", "x")
-    seed(app, uid, [item("x", "x.txt")])
-    responses.calls.reset()
-    page(LINK1, [], delta_link=LINK2)
-    result = run_check(app, uid)
-    assert result is not None and result.requests == 1 and len(responses.calls) == 1
-    s = state(app, uid)
-    assert s["link"] == LINK2 and s["files"]["x.txt"][0] == "synced"
+def counts(user_id: int) -> tuple[int, int]:
+    """Return (mirror rows, staged rows) of the user."""
+    mirror = db.session.execute(
+        db.select(db.func.count()).select_from(RemoteItem).where(RemoteItem.user_id == user_id)
+    ).scalar_one()
+    staged = db.session.execute(
+        db.select(db.func.count())
+        .select_from(RemoteItemChange)
+        .where(RemoteItemChange.user_id == user_id)
+    ).scalar_one()
+    return int(mirror), int(staged)
 
 
-@responses.activate
-def test_edit_rename_move_delete_and_new_file(app: Flask, uid: int) -> None:
-    synced_file(app, uid, "edit.txt", "e")
-    synced_file(app, uid, "ren.txt", "r")
-    synced_file(app, uid, "mov.txt", "m")
-    synced_file(app, uid, "del.txt", "d")
-    synced_file(app, uid, "out.txt", "o")
-    synced_file(app, uid, "echo.txt", "u")
-    synced_file(app, uid, "both.txt", "w", content_hash="s-changed")
-    seed(app, uid, [item(i, n) for i, n in [("e", "edit.txt"), ("r", "ren.txt"), ("m", "mov.txt"),
-                    ("d", "del.txt"), ("o", "out.txt"), ("u", "echo.txt"), ("w", "both.txt")]]
-         + [item("s", "sub", folder=True)])  # fmt: skip
-    page(LINK1, [
-        item("e", "edit.txt", ctag="c-new"),
-        item("r", "renamed.txt"),
-        item("m", "mov.txt", "s"),
-        gone("d"),
-        gone("o"),  # moved out of the folder arrives as deleted
-        item("u", "echo.txt", ctag="c-ours", qxh="q-echo.txt"),  # our own upload echoing back
-        item("w", "both.txt", ctag="c-theirs"),
-        item("n", "new.pdf"),
-    ], delta_link=LINK2)  # fmt: skip
-    run_check(app, uid)
-    s = state(app, uid)
-    f = s["files"]
-    assert f["edit.txt"][0] == "remote_changed"
-    assert f["ren.txt"] == ("synced", "r", "/drivesync/renamed.txt")
-    assert f["mov.txt"] == ("synced", "m", "/drivesync/sub/mov.txt")
-    assert f["del.txt"][:2] == ("remote_deleted", "d")
-    assert f["out.txt"][0] == "remote_deleted"
-    assert f["echo.txt"][0] == "synced"
-    assert f["both.txt"][0] == "conflict"
-    assert s["new"] == 1 and "d" not in s["mirror"]
-    with app.app_context(), user_scope(uid):
-        kinds = {e.kind for e in db.session.execute(db.select(FileEvent)).scalars()}
-        assert {"remote_changed", "remote_moved", "remote_deleted", "conflict"} <= kinds
-
-
-@responses.activate
-@pytest.mark.parametrize("policy", ["upload", "keep"])
-def test_deletion_policy(app: Flask, uid: int, policy: str) -> None:
-    synced_file(app, uid, "a.txt", "a")
-    with app.app_context(), user_scope(uid):
-        changes.set_policy(uid, policy)
-    seed(app, uid, [item("a", "a.txt")])
-    page(LINK1, [gone("a")], delta_link=LINK2)
-    run_check(app, uid)
-    st, item_id, _ = state(app, uid)["files"]["a.txt"]
-    assert (st, item_id) == ({"upload": "not_synced", "keep": "local_only"}[policy], None)
-
-
-@responses.activate
-def test_a_deleted_item_restored_is_synced_again(app: Flask, uid: int) -> None:
-    synced_file(app, uid, "a.txt", "a")
-    seed(app, uid, [item("a", "a.txt")])
-    page(LINK1, [gone("a")], delta_link=LINK2)
-    run_check(app, uid)
-    assert state(app, uid)["files"]["a.txt"][0] == "remote_deleted"
-    page(LINK2, [item("a", "a.txt")], delta_link=f"{START}?token=t3")
-    run_check(app, uid)
-    assert state(app, uid)["files"]["a.txt"] == ("synced", "a", "/drivesync/a.txt")
-
-
-@responses.activate
-def test_a_failed_page_changes_nothing(app: Flask, uid: int) -> None:
-    synced_file(app, uid, "a.txt", "a")
-    seed(app, uid, [item("a", "a.txt")])
-    before = state(app, uid)
-    nxt = f"{START}?token=t1&$skiptoken=1"
-    page(LINK1, [gone("a"), item("n", "n.txt")], next_link=nxt)
-    responses.get(nxt, status=403, json={"error": {"code": "accessDenied", "message": "no"}})
-    now = utcnow()
-    assert run_check(app, uid, now) is None
-    after = state(app, uid)
-    assert after["mirror"] == before["mirror"] and after["files"] == before["files"]
-    assert after["staged"] == [] and after["link"] == LINK1 and after["new"] == before["new"]
-    assert after["failures"] == 1 and after["error"] and after["due"] > now
-    assert after["checked"] == before["checked"]
-
-
-@responses.activate
-def test_auth_failure_marks_reconnect(app: Flask, uid: int) -> None:
-    seed(app, uid, [])
-    responses.get(LINK1, status=401, json={"error": {"code": "InvalidAuthenticationToken"}})
-    responses.post(
-        "https://login.microsoftonline.com/common/oauth2/v2.0/token",
-        status=400, json={"error": "invalid_grant", "error_description": "revoked"},
-    )  # fmt: skip
-    assert run_check(app, uid) is None
-    with app.app_context(), user_scope(uid):
-        assert db.session.execute(db.select(Integration.status)).scalar_one() == "needs_reauth"
-
-
-@responses.activate
-def test_410_apply_differences_reenumerates_without_loss_or_duplicates(
-    app: Flask, uid: int
+def test_pages_are_applied_after_the_delta_link_and_the_last_occurrence_wins(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
 ) -> None:
-    synced_file(app, uid, "keep.txt", "k")
-    synced_file(app, uid, "lost.txt", "l")
-    synced_file(app, uid, "edited.txt", "e")
-    seed(app, uid, [item("k", "keep.txt"), item("l", "lost.txt"), item("e", "edited.txt"),
-                    item("n", "new.txt")])  # fmt: skip
-    location = f"{START}?token=resync"
-    responses.get(
-        LINK1, status=410, headers={"Location": location},
-        json={"error": {"code": RESYNC_APPLY, "message": "gone"}},
-    )  # fmt: skip
-    nxt = f"{START}?token=resync&$skiptoken=2"
-    page(location, [item("k", "keep.txt"), item("n", "new.txt")], next_link=nxt)
-    page(nxt, [item("e", "edited.txt", ctag="c-2"), item("k", "keep.txt")], delta_link=LINK2)
-    result = run_check(app, uid)
-    assert result is not None and result.resync == RESYNC_APPLY
-    s = state(app, uid)
-    assert sorted(s["mirror"]) == ["e", "k", "n"]  # nothing duplicated, the lost one gone
-    assert s["files"]["keep.txt"][0] == "synced"
-    assert s["files"]["lost.txt"][:2] == ("remote_deleted", "l")  # server wins, asks the user
-    assert s["files"]["edited.txt"][0] == "remote_changed"
-    assert s["new"] == 1 and s["link"] == LINK2
+    """Two pages, one item twice: the later (renamed) state is what the file follows."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    graph.get(START, json={"value": [item(FOLDER_ID, "drivesync", folder={}), item("A", "a.txt")],
+                           "@odata.nextLink": f"{START}?token=p2"})  # fmt: skip
+    graph.get(f"{START}?token=p2", json={
+        "value": [item("N", "new.jpg"), item("A", "renamed.txt", etag="E2")],
+        "@odata.deltaLink": f"{START}?token=d1"})  # fmt: skip
+    due_now(user)
+    result = changes.check(user)
+    assert result is not None and (result.requests, result.new_count) == (2, 1)
+    f = db.session.get(File, fid)
+    db.session.refresh(f)
+    assert (f.onedrive_sync_status, f.onedrive_name) == ("synced", "renamed.txt")
+    assert f.onedrive_path == "/drivesync/renamed.txt"
+    assert counts(user) == (3, 0)
+    integration = db.session.execute(db.select(Integration)).scalar_one()
+    assert integration.delta_link == f"{START}?token=d1"
+    assert integration.delta_due_at > utcnow() + timedelta(minutes=14)
 
 
-@responses.activate
-def test_410_upload_differences_our_side_wins(app: Flask, uid: int) -> None:
-    synced_file(app, uid, "lost.txt", "l")
-    synced_file(app, uid, "edited.txt", "e")
-    seed(app, uid, [item("l", "lost.txt"), item("e", "edited.txt")])
-    responses.get(LINK1, status=410, json={"error": {"code": RESYNC_UPLOAD, "message": "gone"}})
-    page(START, [item("e", "edited.txt", ctag="c-2")], delta_link=LINK2, match_query=False)
-    result = run_check(app, uid)
-    assert result is not None and result.resync == RESYNC_UPLOAD
-    f = state(app, uid)["files"]
-    assert f["lost.txt"][:2] == ("not_synced", None)  # uploaded again, as a new item
-    assert f["edited.txt"][0] == "conflict"  # keep both unless the user picks one
-
-
-@responses.activate
-def test_scheduler_runs_the_check_only_when_due(app: Flask, uid: int) -> None:
-    now = utcnow()
-    with app.app_context(), user_scope(uid):
-        i = db.session.execute(db.select(Integration)).scalar_one()
-        i.delta_due_at = now + timedelta(minutes=5)
-        db.session.commit()
-        scheduler.check_remote_changes(uid, now)
-    assert len(responses.calls) == 0
-    page(START, [item("a", "a.txt")], delta_link=LINK1, match_query=False)
-    with app.app_context(), user_scope(uid):
-        scheduler.check_remote_changes(uid, now + timedelta(minutes=5))
-    assert state(app, uid)["link"] == LINK1
-
-
-def test_next_interval_and_status(app: Flask, uid: int) -> None:
-    with app.app_context(), user_scope(uid):
-        assert changes.next_interval(uid) == 900
-        st = changes.status(uid)
-        assert st.mode == "polling" and st.interval_seconds == 900 and st.new_count == 0
-
-
-# -- file actions --------------------------------------------------------------------------------
-
-
-@responses.activate
-def test_file_actions(
-    app: Flask, uid: int, make_user: Callable[..., int], monkeypatch: pytest.MonkeyPatch
+def test_a_failed_page_changes_nothing(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
 ) -> None:
-    queued: list[list[int]] = []
-    monkeypatch.setattr(sync, "request_sync", lambda user_id, ids: queued.append(list(ids)))
-    rc = synced_file(app, uid, "rc.txt", "rc")
-    rd = synced_file(app, uid, "rd.txt", "rd")
-    seed(app, uid, [item("rc", "rc.txt"), item("rd", "rd.txt")])
-    page(LINK1, [item("rc", "rc.txt", ctag="c-new"), gone("rd")], delta_link=LINK2)
-    run_check(app, uid)
-    with app.app_context(), user_scope(uid):
-        sync.keep_library_version(uid, rc)
-        f = db.session.get(File, rc)
-        # OneDrive's current version is the base: the transfer replaces it instead of a conflict
-        assert f.onedrive_sync_status in ("not_synced", "syncing", "synced", "error")
-        assert f.onedrive_ctag == "c-new" or f.onedrive_sync_status != "not_synced"
-        with pytest.raises(Conflict):
-            sync.keep_library_version(uid, rd)
-        sync.keep_only_in_library(uid, rd)
-        g = db.session.get(File, rd)
-        assert (g.onedrive_sync_status, g.onedrive_id) == ("local_only", None)
-        with pytest.raises(Conflict):
-            sync.keep_only_in_library(uid, rd)
-        with pytest.raises(NotFound):
-            sync.upload_again(uid, 999_999)
-        sync.upload_again(uid, rd)
-        g = db.session.get(File, rd)
-        db.session.refresh(g)
-        assert (g.onedrive_sync_status, g.onedrive_id) == ("not_synced", None)
-        assert queued == [[rc], [rd]]
-        with pytest.raises(Conflict):
-            sync.upload_again(uid, rc)
-    other = make_user()
-    with app.app_context(), user_scope(other):
-        with pytest.raises(NotFound):
-            sync.keep_only_in_library(other, rd)
+    """Page two fails: no state, mirror row or cursor changes; the error is shown; backoff."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    graph.get(START, json={"value": [item("A", "a.txt", qxh="H2", etag="E2")],
+                           "@odata.nextLink": f"{START}?token=p2"})  # fmt: skip
+    graph.get(f"{START}?token=p2", status=400, json={"error": {"code": "invalidRequest"}})
+    due_now(user)
+    assert changes.check(user) is None
+    db.session.expire_all()
+    assert db.session.get(File, fid).onedrive_sync_status == "synced"
+    assert counts(user) == (0, 0)
+    integration = db.session.execute(db.select(Integration)).scalar_one()
+    assert integration.delta_link is None and integration.delta_failures == 1
+    assert integration.delta_error and "Could not check OneDrive" in integration.delta_error
+    assert integration.delta_due_at > utcnow()
 
 
-def test_local_only_is_never_picked_by_sync(app: Flask, uid: int) -> None:
-    add_file(app, uid, "lo.txt", onedrive_sync_status="local_only")
-    with app.app_context(), user_scope(uid):
-        assert sync.pending_files(uid) == []
-        assert autosync.waiting_files(uid, 10) == []
+def test_a_listing_without_a_delta_link_or_a_foreign_link_is_never_applied(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """A nextLink to another host is refused (the bearer token stays home); nothing applied."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    graph.get(
+        START,
+        json={
+            "value": [],
+            "@odata.nextLink": "https://evil.example/v1.0/me/drive/items/x/delta?token=1",
+        },
+    )  # noqa: E501
+    due_now(user)
+    assert changes.check(user) is None
+    assert [c.request.url for c in graph.calls] == [f"{START}?%24top=200"]
+    db.session.expire_all()
+    assert db.session.get(File, fid).onedrive_sync_status == "synced" and counts(user) == (0, 0)
+
+
+def test_410_enumerates_again_from_the_location_and_reconciles(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """An expired token: a full enumeration from Location; what it lacks was deleted there."""
+    a = tracked(user, make_file, "a.txt", "A")
+    b = tracked(user, make_file, "b.txt", "B")
+    graph.get(START, json={"value": [item("A", "a.txt"), item("B", "b.txt")],
+                           "@odata.deltaLink": f"{START}?token=old"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is not None
+    gone = {"code": "resyncRequired", "innerError": {"code": "resyncChangesApplyDifferences"}}
+    graph.get(f"{START}?token=old", status=410, headers={"Location": f"{START}?token=fresh"},
+              json={"error": gone})  # fmt: skip
+    graph.get(f"{START}?token=fresh", json={"value": [item("A", "a.txt")],
+                                            "@odata.deltaLink": f"{START}?token=new"})  # fmt: skip
+    due_now(user)
+    result = changes.check(user)
+    assert result is not None and result.resynced
+    db.session.expire_all()
+    assert db.session.get(File, a).onedrive_sync_status == "synced"
+    assert db.session.get(File, b).onedrive_sync_status == "remote_deleted"
+    assert counts(user) == (1, 0)
+
+
+def test_a_check_is_claimed_once(
+    app: Flask, user: int, ctx: None, graph: responses.RequestsMock
+) -> None:
+    """Two checks at once: the second finds the first's lease and does nothing."""
+    due_now(user)
+    now = utcnow()
+    assert changes._claim(user, now) is not None
+    assert changes._claim(user, now) is None
+    assert changes.check(user, now) is None and not graph.calls
+
+
+def test_policy_is_validated(app: Flask, user: int, ctx: None) -> None:
+    """Only ask, upload and keep are policies."""
+    with pytest.raises(changes.ValidationError):
+        changes.set_policy(user, "delete")
+    assert changes.set_policy(user, "keep").remote_policy == "keep"

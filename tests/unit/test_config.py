@@ -67,6 +67,12 @@ def test_production_refuses_unsafe_config(change, message):
         ({"DRIVESYNC_DATABASE_URL": "postgres://x@y/z"}, "postgresql\\+psycopg"),
         ({"DRIVESYNC_SECURE_COOKIES": "maybe"}, "true or false"),
         ({"DRIVESYNC_ONEDRIVE_FOLDER": "//"}, "DRIVESYNC_ONEDRIVE_FOLDER"),
+        ({"DRIVESYNC_WEBHOOKS": "maybe"}, "DRIVESYNC_WEBHOOKS"),
+        ({"DRIVESYNC_WEBHOOKS": "on"}, "https:// DRIVESYNC_PUBLIC_URL"),
+        (
+            {"DRIVESYNC_WEBHOOKS": "on", "DRIVESYNC_PUBLIC_URL": "http://drivesync.example"},
+            "https:// DRIVESYNC_PUBLIC_URL",
+        ),
     ],
 )
 def test_bad_values_are_clear_errors(env, message):
@@ -106,3 +112,12 @@ def test_development_secret_key_is_generated_once(tmp_path):
 def test_empty_onedrive_folder_means_the_default():
     """An empty DRIVESYNC_ONEDRIVE_FOLDER falls back to the default folder, read in one place."""
     assert load_config({"DRIVESYNC_ONEDRIVE_FOLDER": ""})["ONEDRIVE_FOLDER"] == "drivesync"
+
+
+def test_webhooks_on_with_an_https_public_url_is_accepted():
+    """Webhooks need an https public URL; auto (the default) never refuses to start."""
+    validate_config(
+        load_config({"DRIVESYNC_WEBHOOKS": "on", "DRIVESYNC_PUBLIC_URL": "https://d.example"})
+    )
+    validate_config(load_config({"DRIVESYNC_PUBLIC_URL": "http://d.example"}))
+    assert load_config({})["WEBHOOKS"] == "auto"

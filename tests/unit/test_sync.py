@@ -10,13 +10,14 @@ import pytest
 from flask import Flask
 from sqlalchemy import event
 
+from drivesync import tasks
 from drivesync.extensions import db
 from drivesync.graph.errors import (
     GraphError,
 )
 from drivesync.models import Integration, SyncRun, utcnow
 from drivesync.scope import user_scope
-from drivesync.services import library, sync
+from drivesync.services import library, scheduler, sync
 from drivesync.services.errors import Conflict, NotFound, ValidationError
 from drivesync.services.integrations import NotConnected, ReauthRequired
 from drivesync.services.storage import LocalStorage
@@ -144,6 +145,31 @@ def test_resolve_replace_overwrites_onedrive_copy(
         assert f.onedrive_sync_status == "synced" and f.onedrive_id == item
         assert fake.content[item] == b"version 2 local"
         assert f.synced_content_hash == f.content_hash
+
+
+def test_resolve_replace_survives_a_lost_message(
+    app: Flask,
+    fake: FakeDrive,
+    user: int,
+    make_file: Callable[..., int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Replace whose run message is lost is queued again by the scheduler and still replaces."""
+    fid = make_conflict(app, fake, user, make_file)
+    with app.app_context(), user_scope(user):
+        item = row(fid).onedrive_id
+        monkeypatch.setattr(tasks, "enqueue_run", lambda *a, **k: None)  # the message is lost
+        run = sync.resolve_conflict(user, fid, "replace")
+        assert run is not None and (run.status, run.resolve) == ("queued", "replace")
+        monkeypatch.undo()
+    with app.app_context():
+        assert user in scheduler.tick(utcnow() + timedelta(seconds=3600))
+    with app.app_context(), user_scope(user):
+        f = row(fid)
+        assert f.onedrive_sync_status == "synced" and f.onedrive_id == item
+        assert fake.content[item] == b"version 2 local"
+        done = db.session.get(SyncRun, run.id)
+        assert done is not None and (done.status, done.succeeded, done.requeues) == ("done", 1, 1)
 
 
 def test_resolve_skip_parks_the_file_until_asked_again(

@@ -19,10 +19,9 @@ from drivesync.graph.errors import (
     InsufficientStorageError,
     IntegrityError,
 )
-from drivesync.models import File, Integration, RemoteItem, utcnow
+from drivesync.models import File, utcnow
 from drivesync.scope import user_scope
 from drivesync.services import sync, transfer
-from drivesync.services.errors import Conflict
 from drivesync.services.storage import LocalStorage
 from tests.fakes import FOLDER_ID, FakeDrive
 from tests.unit.engine_helpers import MiB, make_conflict, replace_bytes, row
@@ -356,32 +355,3 @@ def test_abandoned_upload_resumes_its_stored_session(
     run = sync.request_sync(user)  # recovers the stale claim, then takes the file again
     assert run.succeeded == 1 and row(fid).onedrive_sync_status == "synced"
     assert fake.resumes == [None, fake.sessions[0]] and len(fake.sessions) == 1
-
-
-def test_keep_library_version_replaces_onedrives_newer_copy(
-    app: Flask, fake: FakeDrive, user: int, make_file: Callable[..., int]
-) -> None:
-    """remote_changed → Keep the library's version: the transfer replaces, not a conflict."""
-    fid = make_file(user, "scan.pdf", b"library bytes")
-    with app.app_context(), user_scope(user):
-        sync.request_sync(user)
-        f = row(fid)
-        item_id, integration_id = (
-            f.onedrive_id,
-            db.session.execute(db.select(Integration.id)).scalar_one(),
-        )
-    assert item_id is not None
-    theirs = fake.modify(item_id, b"edited in OneDrive")
-    with app.app_context(), user_scope(user):
-        # What a delta check leaves: the mirror holds OneDrive's item, the file remote_changed.
-        db.session.add(RemoteItem(
-            user_id=user, integration_id=integration_id, item_id=item_id,
-            parent_id=FOLDER_ID, name="scan.pdf", etag=theirs["eTag"], ctag=theirs["cTag"],
-        ))  # fmt: skip
-        assert sync.update_sync_status(user, fid, "remote_changed", expected="synced")
-        sync.keep_library_version(user, fid)
-        f = row(fid)
-        assert f.onedrive_sync_status == "synced" and f.onedrive_id == item_id
-    assert fake.content[item_id] == b"library bytes"
-    with app.app_context(), user_scope(user), pytest.raises(Conflict):
-        sync.keep_library_version(user, fid)
