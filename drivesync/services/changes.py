@@ -429,6 +429,14 @@ def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
         return None
     try:
         link = integration.delta_link
+        if link is not None and not delta.is_delta_link(
+            link, client.base_url, integration.folder_id
+        ):
+            # A cursor of another folder or Graph (the folder or GRAPH_URL changed): it would
+            # be refused page after page; enumerate this folder afresh instead.
+            logger.info("delta of user %s: stored cursor is not this folder's; starting over",
+                        user_id)  # fmt: skip
+            link = None
         full = link is None
         start = link or delta.folder_delta_url(client, integration.drive_id, integration.folder_id)
         unsure = False
@@ -468,7 +476,7 @@ def _enumerate(client: Any, integration: Integration, start: str, result: CheckR
     _clear_staging(integration.id, integration.user_id)
     db.session.commit()
     seq = 0
-    for page in delta.pages(client, start):
+    for page in delta.pages(client, start, integration.folder_id):
         result.requests += 1
         result.items += len(page.items)
         seq = _stage(integration, page.items, seq)

@@ -157,6 +157,29 @@ def test_delta_links_stay_on_graph(link: str, ok: bool) -> None:
     assert delta.is_delta_link(link, GRAPH) is ok
 
 
+@pytest.mark.parametrize(
+    ("link", "ok"),
+    [
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta?token=abc", True),
+        (f"{GRAPH}/drives/d1/items/{FOLDER_ID}/delta?token=a&$top=5&$skiptoken=9", True),
+        (f"{GRAPH}/drives/d1/items/{FOLDER_ID.upper()}/delta(token='a')", True),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta", True),
+        # the whole drive, another folder, another item path: never followed
+        (f"{GRAPH}/me/drive/root/delta?token=abc", False),
+        (f"{GRAPH}/me/drive/items/OTHER/delta?token=abc", False),
+        (f"{GRAPH}/drives/d1/root/delta?token=abc", False),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/children/delta", False),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/x/../delta", False),
+        # only Graph's paging keys in the query
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta?token=a&$filter=x", False),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta?token=a&redirect=https://evil", False),
+    ],
+)
+def test_delta_links_stay_on_the_folder(link: str, ok: bool) -> None:
+    """With the folder given, a link must be that folder's delta: nothing wider, nothing else."""
+    assert delta.is_delta_link(link, GRAPH, FOLDER_ID) is ok
+
+
 # -- checks against a mocked Graph ----------------------------------------------------------------
 
 
@@ -317,3 +340,43 @@ def test_policy_is_validated(app: Flask, user: int, ctx: None) -> None:
     with pytest.raises(changes.ValidationError):
         changes.set_policy(user, "delete")
     assert changes.set_policy(user, "keep").remote_policy == "keep"
+
+
+def test_a_next_link_widening_to_the_drive_root_is_refused(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """A nextLink to the drive root's delta (same host) is not followed: the enumeration would
+    take in the whole drive. Nothing is applied and the error is recorded."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    graph.get(START, json={"value": [item("A", "a.txt", qxh="H2", etag="E2")],
+                           "@odata.nextLink": f"{GRAPH}/me/drive/root/delta?token=p2"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is None
+    assert len(graph.calls) == 1
+    db.session.expire_all()
+    assert db.session.get(File, fid).onedrive_sync_status == "synced" and counts(user) == (0, 0)
+    assert db.session.execute(db.select(Integration.delta_failures)).scalar_one() == 1
+
+
+def test_a_stored_cursor_of_another_folder_starts_over(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """A delta link stored for another folder (the folder changed) is not used: this folder is
+    enumerated afresh instead of failing on every check."""
+    tracked(user, make_file, "a.txt", "A")
+    integration = db.session.execute(db.select(Integration)).scalar_one()
+    integration.delta_link = f"{GRAPH}/me/drive/items/OLD-FOLDER/delta?token=x"
+    db.session.commit()
+    graph.get(START, json={"value": [item("A", "a.txt")],
+                           "@odata.deltaLink": f"{START}?token=d1"})  # fmt: skip
+    due_now(user)
+    result = changes.check(user)
+    assert result is not None and result.requests == 1
+    assert all("OLD-FOLDER" not in c.request.url for c in graph.calls)
+    db.session.expire_all()
+    link = (
+        db.session.execute(db.select(Integration).options(db.undefer(Integration.delta_link)))
+        .scalar_one()
+        .delta_link
+    )
+    assert link == f"{START}?token=d1"
