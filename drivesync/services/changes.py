@@ -303,6 +303,21 @@ def decide(
     edited = _content_changed(local, old, new)
     follow = _moved(local, old, new)
     if st == "remote_deleted":  # restored from the recycle bin (same id)
+        library_moved_on = (
+            local.synced_content_hash is not None
+            and local.content_hash != local.synced_content_hash
+            and new.quick_xor_hash != local.quick_xor_hash
+        )
+        if library_moved_on:
+            # The library was replaced while the item was gone (replacing keeps the question
+            # open): OneDrive's copy is older than the library, never "a newer version".
+            # Restored as we synced it: the library's turn to upload; else both changed.
+            as_synced = bool(new.etag and new.etag == local.etag) or bool(
+                new.ctag and local.ctag and new.ctag == local.ctag
+            )
+            if as_synced:
+                return Transition("not_synced", "restored", follow=True, mark_due=True)
+            return Transition("conflict", "restored", follow=True, message=BOTH_CHANGED_MESSAGE)
         if edited:
             return Transition("remote_changed", "restored", follow=True,
                               message=REMOTE_CHANGED_MESSAGE)  # fmt: skip

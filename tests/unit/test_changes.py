@@ -380,3 +380,22 @@ def test_a_stored_cursor_of_another_folder_starts_over(
         .delta_link
     )
     assert link == f"{START}?token=d1"
+
+
+def test_restored_after_the_library_moved_on_is_never_called_newer() -> None:
+    """remote_deleted, then the library file replaced (it stays remote_deleted), then the item
+    restored in OneDrive with the bytes we had synced: the library is newer, so it uploads
+    (not "synced", which would hide the new version; not "OneDrive has a newer version")."""
+    replaced = local("remote_deleted", quick_xor_hash="H-new", content_hash="sha-new")
+    same_etag = Remote(False, "E1", "C1", "H", 5, "a.txt", "P")
+    t = decide(replaced, None, same_etag)
+    assert (t.status, t.mark_due, t.follow) == ("not_synced", True, True)
+    # restored with tags we cannot match and other bytes: both sides changed, the user chooses
+    other = Remote(False, "E9", None, "H-other", 7, "a.txt", "P")
+    assert decide(replaced, None, other).status == "conflict"
+    # restored holding the library's new bytes already: synced
+    theirs = Remote(False, "E9", None, "H-new", 7, "a.txt", "P")
+    assert decide(replaced, None, theirs).status == "synced"
+    # the library unchanged: as before (synced, or OneDrive's newer version)
+    assert decide(local("remote_deleted"), None, same_etag).status == "synced"
+    assert decide(local("remote_deleted"), None, EDITED).status == "remote_changed"
