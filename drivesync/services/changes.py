@@ -563,6 +563,7 @@ def _apply(
         _stage_missing(integration, now)
     last_id = 0
     renamed: list[int] = []
+    moved_folders: set[str] = set()
     while True:
         chunk = list(
             db.session.execute(
@@ -611,8 +612,22 @@ def _apply(
                 result.transitions += 1
             if t.follow:
                 renamed.append(f.id)
+        for r in chunk:
+            m = old.get(r.item_id)
+            if (
+                r.is_folder
+                and not r.deleted
+                and m is not None
+                and ((r.name and r.name != m.name) or (r.parent_id and r.parent_id != m.parent_id))
+            ):
+                moved_folders.add(r.item_id)
         _update_mirror(integration, chunk)
-    for file_id in renamed:
+    if moved_folders:
+        # "Renaming a folder doesn't result in any descendants of the folder being returned"
+        # (driveitem-delta): the files under a renamed or moved subfolder are not in the feed,
+        # yet their OneDrive path changed. Record it for each tracked file below one.
+        renamed.extend(_files_below(integration, moved_folders))
+    for file_id in dict.fromkeys(renamed):
         _record_path(integration, file_id)
     new_count = _count_untracked(integration)
     result.new_count = new_count
@@ -748,6 +763,33 @@ def _update_mirror(integration: Integration, chunk: Sequence[Any]) -> None:
     ]
     if live:
         db.session.execute(insert(RemoteItem), live)
+
+
+def _files_below(integration: Integration, folders: set[str]) -> list[int]:
+    """Return the ids of the library files whose item lies below one of ``folders`` (mirror)."""
+    parents: dict[str, str | None] = dict(
+        db.session.execute(
+            select(RemoteItem.item_id, RemoteItem.parent_id).where(
+                RemoteItem.integration_id == integration.id,
+                RemoteItem.user_id == integration.user_id,
+            )
+        ).all()
+    )
+    below: list[int] = []
+    for file_id, item_id in db.session.execute(
+        select(File.id, File.onedrive_id).where(
+            File.owner_id == integration.user_id, File.onedrive_id.is_not(None)
+        )
+    ).all():
+        cur = parents.get(str(item_id))
+        for _ in range(64):  # deeper than any sync folder we make; stops a cycle
+            if cur is None or cur == integration.folder_id:
+                break
+            if cur in folders:
+                below.append(file_id)
+                break
+            cur = parents.get(cur)
+    return below
 
 
 def _record_path(integration: Integration, file_id: int) -> None:

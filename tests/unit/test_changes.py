@@ -399,3 +399,24 @@ def test_restored_after_the_library_moved_on_is_never_called_newer() -> None:
     # the library unchanged: as before (synced, or OneDrive's newer version)
     assert decide(local("remote_deleted"), None, same_etag).status == "synced"
     assert decide(local("remote_deleted"), None, EDITED).status == "remote_changed"
+
+
+def test_a_renamed_subfolder_updates_the_paths_below_it(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """Graph does not return a renamed folder's descendants: the file below it still gets its
+    new OneDrive path, and stays synced."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    sub = {"id": "S", "name": "scans", "eTag": "ES1", "folder": {},
+           "parentReference": {"id": FOLDER_ID}}  # fmt: skip
+    graph.get(START, json={"value": [sub, item("A", "a.txt", parentReference={"id": "S"})],
+                           "@odata.deltaLink": f"{START}?token=d1"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is not None
+    f = db.session.get(File, fid)
+    graph.get(f"{START}?token=d1", json={"value": [dict(sub, name="2026 scans", eTag="ES2")],
+                                         "@odata.deltaLink": f"{START}?token=d2"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is not None
+    db.session.refresh(f)
+    assert (f.onedrive_sync_status, f.onedrive_path) == ("synced", "/drivesync/2026 scans/a.txt")
