@@ -719,6 +719,11 @@ def _transition(f: File, t: Transition, new: Any, now: datetime) -> bool:
             File.id == f.id,
             File.owner_id == f.owner_id,
             File.onedrive_sync_status == f.onedrive_sync_status,
+            # ... and on the content and item it was decided from: a library file replaced
+            # (remote_deleted and local_only keep their state then) or relinked meanwhile is
+            # decided again by the next check, never with a stale reading.
+            File.content_hash == f.content_hash,
+            File.onedrive_id == f.onedrive_id,
         )
         .values(**values)
         .execution_options(synchronize_session=False)
