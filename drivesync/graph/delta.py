@@ -66,12 +66,31 @@ class DeltaGone(GraphError):
         return self.kind == "resyncChangesUploadDifferences"
 
 
-def folder_delta_url(client: GraphClient, drive_id: str | None, folder_id: str) -> str:
-    """Return the URL that starts a full enumeration of ``folder_id`` (by id, never by path)."""
-    item = quote(folder_id, safe="")
-    if drive_id:
-        return client.url(f"/drives/{quote(drive_id, safe='')}/items/{item}/delta")
-    return client.url(f"/me/drive/items/{item}/delta")
+#: The scope of a drive-root enumeration (work or school drives): see :func:`delta_scope`.
+ROOT = "root"
+
+
+def delta_scope(folder_id: str, drive_type: str | None) -> str:
+    """Return what the enumeration of the sync folder addresses: the folder itself on a
+    personal drive, the drive root (:data:`ROOT`) elsewhere (see :func:`folder_delta_url`).
+    Links are checked against it: :func:`is_delta_link` with ``folder_id=delta_scope(…)``."""
+    return folder_id if drive_type == "personal" else ROOT
+
+
+def folder_delta_url(
+    client: GraphClient, drive_id: str | None, folder_id: str, drive_type: str | None = "personal"
+) -> str:
+    """Return the URL that starts a full enumeration covering ``folder_id`` (by id, never path).
+
+    Personal OneDrive tracks any folder. Graph documents delta on a work or school drive (and a
+    SharePoint library) on its root (``GET /drives/{drive-id}/root/delta``, driveItem-delta,
+    "HTTP request"), and older notes say other folders are not supported there: those drives
+    are read from the root, and the caller keeps what lies below the sync folder.
+    """
+    drive = f"/drives/{quote(drive_id, safe='')}" if drive_id else "/me/drive"
+    if drive_type == "personal":
+        return client.url(f"{drive}/items/{quote(folder_id, safe='')}/delta")
+    return client.url(f"{drive}/root/delta")
 
 
 #: Query keys a delta link may carry (Graph's own paging and cursor, and what we asked for).
@@ -84,7 +103,8 @@ def is_delta_link(link: str, base_url: str, folder_id: str | None = None) -> boo
     Dot segments (raw or percent-encoded) and empty segments are refused, as for browse's page
     links: ``requests`` removes dot segments before sending, so a substring test is not enough.
     With ``folder_id`` the path must be that folder's delta, whole (``me/drive/items/{id}`` or
-    ``drives/{drive}/items/{id}``; ids compared ignoring case, as Personal ids vary in case), and
+    ``drives/{drive}/items/{id}``; ids compared ignoring case, as Personal ids vary in case), or
+    with :data:`ROOT` the drive root's (``me/drive/root``, ``drives/{drive}/root``), and
     the query only Graph's paging keys: a nextLink, deltaLink or 410 Location can never widen
     the enumeration to the drive root or another folder.
     """
@@ -113,7 +133,10 @@ def is_delta_link(link: str, base_url: str, folder_id: str | None = None) -> boo
         rest = head[2:]
     else:
         return False
-    if len(rest) != 2 or rest[0] != "items" or rest[1].lower() != folder_id.lower():
+    if folder_id == ROOT:
+        if rest != ["root"]:
+            return False
+    elif len(rest) != 2 or rest[0] != "items" or rest[1].lower() != folder_id.lower():
         return False
     keys = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
     return keys <= _LINK_QUERY_KEYS

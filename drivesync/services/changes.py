@@ -444,16 +444,17 @@ def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
         return None
     try:
         link = integration.delta_link
-        if link is not None and not delta.is_delta_link(
-            link, client.base_url, integration.folder_id
-        ):
+        scope_item = delta.delta_scope(integration.folder_id, integration.drive_type)
+        if link is not None and not delta.is_delta_link(link, client.base_url, scope_item):
             # A cursor of another folder or Graph (the folder or GRAPH_URL changed): it would
             # be refused page after page; enumerate this folder afresh instead.
             logger.info("delta of user %s: stored cursor is not this folder's; starting over",
                         user_id)  # fmt: skip
             link = None
         full = link is None
-        start = link or delta.folder_delta_url(client, integration.drive_id, integration.folder_id)
+        start = link or delta.folder_delta_url(
+            client, integration.drive_id, integration.folder_id, integration.drive_type
+        )
         unsure = False
         try:
             cursor = _enumerate(client, integration, start, result)
@@ -463,7 +464,7 @@ def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
             db.session.commit()
             full, unsure, result.resynced = True, gone.upload_differences, True
             start = gone.location or delta.folder_delta_url(
-                client, integration.drive_id, integration.folder_id
+                client, integration.drive_id, integration.folder_id, integration.drive_type
             )
             cursor = _enumerate(client, integration, start, result)
         _apply(integration, cursor, full=full, unsure=unsure, now=now, result=result)
@@ -491,7 +492,8 @@ def _enumerate(client: Any, integration: Integration, start: str, result: CheckR
     _clear_staging(integration.id, integration.user_id)
     db.session.commit()
     seq = 0
-    for page in delta.pages(client, start, integration.folder_id):
+    scope_item = delta.delta_scope(str(integration.folder_id), integration.drive_type)
+    for page in delta.pages(client, start, scope_item):
         result.requests += 1
         result.items += len(page.items)
         seq = _stage(integration, page.items, seq)
@@ -561,6 +563,8 @@ def _apply(
     mirror = RemoteItem.__table__
     if full:
         _stage_missing(integration, now)
+    scope = _scope_folders(integration)
+    _stage_orphans(integration, scope)
     last_id = 0
     renamed: list[int] = []
     moved_folders: set[str] = set()
@@ -577,6 +581,12 @@ def _apply(
             break
         last_id = chunk[-1].id
         ids = [r.item_id for r in chunk]
+        tracked_ids: set[str] = set(
+            str(i)
+            for i in db.session.execute(
+                select(File.onedrive_id).where(File.owner_id == user_id, File.onedrive_id.in_(ids))
+            ).scalars()
+        )
         old = {
             r.item_id: r
             for r in db.session.execute(
@@ -590,7 +600,8 @@ def _apply(
                 select(File).where(File.owner_id == user_id, File.onedrive_id.in_(ids))
             ).scalars()
         )
-        by_id = {r.item_id: r for r in chunk}
+        rows = _in_scope(chunk, integration.folder_id, scope, set(old) | tracked_ids)
+        by_id = {r.item_id: r for r in rows}
         for f in files:
             new = by_id[str(f.onedrive_id)]
             m = old.get(new.item_id)
@@ -612,7 +623,7 @@ def _apply(
                 result.transitions += 1
             if t.follow:
                 renamed.append(f.id)
-        for r in chunk:
+        for r in rows:
             m = old.get(r.item_id)
             if (
                 r.is_folder
@@ -621,7 +632,7 @@ def _apply(
                 and ((r.name and r.name != m.name) or (r.parent_id and r.parent_id != m.parent_id))
             ):
                 moved_folders.add(r.item_id)
-        _update_mirror(integration, chunk)
+        _update_mirror(integration, rows)
     if moved_folders:
         # "Renaming a folder doesn't result in any descendants of the folder being returned"
         # (driveitem-delta): the files under a renamed or moved subfolder are not in the feed,
@@ -650,6 +661,104 @@ def _apply(
         .execution_options(synchronize_session=False)
     )
     db.session.commit()
+
+
+@dataclass(frozen=True)
+class _Row:
+    """A staged item as the apply step uses it (possibly turned into a deletion)."""
+
+    item_id: str
+    deleted: bool
+    parent_id: str | None
+    name: str | None
+    is_folder: bool
+    size: int
+    etag: str | None
+    ctag: str | None
+    quick_xor_hash: str | None
+    modified_at: datetime | None
+
+
+def _scope_folders(integration: Integration) -> set[str]:
+    """Return the ids of the sync folder and every folder below it, as this check leaves them.
+
+    Parents come from the staged pages where an item changed, else from the mirror. A business
+    drive is read through the drive root's delta (Graph documents delta on the root), so the
+    pages hold the whole drive: this is what keeps the rest of it out.
+    """
+    parents: dict[str, str | None] = {}
+    for item_id, parent_id in db.session.execute(
+        select(RemoteItem.item_id, RemoteItem.parent_id).where(
+            RemoteItem.integration_id == integration.id,
+            RemoteItem.user_id == integration.user_id,
+            RemoteItem.is_folder.is_(True),
+        )
+    ):
+        parents[item_id] = parent_id
+    for item_id, parent_id, deleted in db.session.execute(
+        select(RemoteItemChange.item_id, RemoteItemChange.parent_id, RemoteItemChange.deleted)
+        .where(
+            RemoteItemChange.integration_id == integration.id,
+            RemoteItemChange.user_id == integration.user_id,
+            RemoteItemChange.is_folder.is_(True),
+        )
+        .order_by(RemoteItemChange.id)
+    ):
+        if deleted:
+            parents.pop(item_id, None)
+        else:
+            parents[item_id] = parent_id
+    root = str(integration.folder_id)
+    inside: set[str] = {root}
+    outside: set[str] = set()
+    for folder in parents:
+        path: list[str] = []
+        cur: str | None = folder
+        while cur is not None and cur not in inside and cur not in outside and len(path) < 256:
+            path.append(cur)
+            cur = parents.get(cur)
+        (inside if cur in inside else outside).update(path)
+    return inside
+
+
+def _stage_orphans(integration: Integration, scope: set[str]) -> None:
+    """Stage as deleted the mirror's items whose folder left the sync folder (not re-listed)."""
+    staged_ids = select(RemoteItemChange.item_id).where(
+        RemoteItemChange.integration_id == integration.id,
+        RemoteItemChange.user_id == integration.user_id,
+    )
+    rows = [
+        {"user_id": integration.user_id, "integration_id": integration.id, "item_id": item_id,
+         "seq": -1, "deleted": True, "is_folder": is_folder, "size": 0}
+        for item_id, parent_id, is_folder in db.session.execute(
+            select(RemoteItem.item_id, RemoteItem.parent_id, RemoteItem.is_folder).where(
+                RemoteItem.integration_id == integration.id,
+                RemoteItem.user_id == integration.user_id,
+                RemoteItem.item_id.not_in(staged_ids),
+            )
+        )
+        if item_id != integration.folder_id and parent_id not in scope
+    ]  # fmt: skip
+    for start in range(0, len(rows), APPLY_CHUNK):
+        db.session.execute(insert(RemoteItemChange), rows[start : start + APPLY_CHUNK])
+
+
+def _in_scope(
+    chunk: Sequence[Any], root: str | None, scope: set[str], known: set[str]
+) -> list[_Row]:
+    """Keep the chunk's items inside the sync folder; one that left it reads as deleted."""
+    out: list[_Row] = []
+    for r in chunk:
+        inside = r.item_id == root or r.parent_id in scope
+        if r.deleted or inside:
+            deleted = bool(r.deleted)
+        elif r.item_id in known:
+            deleted = True  # moved out of the folder: deleted, as far as the folder goes
+        else:
+            continue  # elsewhere in the drive: none of our business
+        out.append(_Row(r.item_id, deleted, r.parent_id, r.name, bool(r.is_folder), int(r.size),
+                        r.etag, r.ctag, r.quick_xor_hash, r.modified_at))  # fmt: skip
+    return out
 
 
 def _stage_missing(integration: Integration, now: datetime) -> None:

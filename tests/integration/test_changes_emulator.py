@@ -20,7 +20,7 @@ from drivesync.services import changes, sync
 from drivesync.services.changes import CheckResult
 from onedrive_emulator.client import EmulatorAdmin
 from tests.conftest import csrf_token
-from tests.fixtures_emulator import ALEX
+from tests.fixtures_emulator import ALEX, MEGAN
 
 pytestmark = pytest.mark.emulator
 
@@ -275,3 +275,34 @@ def test_a_renamed_subfolder_moves_the_paths_of_the_files_below_it(
         "synced",
         "/drivesync/2026 scans/x-ray.pdf",
     )
+
+
+def test_a_business_drive_is_read_from_its_root_and_only_the_folder_counts(
+    app: Flask,
+    client: FlaskClient,
+    make_user: Callable[..., int],
+    login: Callable[[int], None],
+    connect: Any,
+    make_file: Any,
+    emu: EmulatorAdmin,
+) -> None:
+    """Work or school: root delta (documented there), the rest of the drive ignored, moves out
+    of the folder (a file, or a whole subfolder) read as deletions."""
+    uid = make_user("bob@example.com")
+    login(uid)
+    assert connect(MEGAN).status_code == 303
+    fid = synced_file(app, client, uid, make_file, "contract.pdf")
+    emu.modify_item(MEGAN, "/elsewhere/private.txt", b"not ours")
+    emu.modify_item(MEGAN, "/drivesync/sub/inner.txt", b"inside")
+    first = check(app, uid)
+    assert first.new_count == 1  # inner.txt; private.txt is outside the sync folder
+    log = [r["path"] for r in emu.requests_log() if r["path"].endswith("/delta")]
+    assert log and all("/root/delta" in p for p in log)
+    emu.move_item(MEGAN, "/drivesync/contract.pdf", "/elsewhere")
+    emu.move_item(MEGAN, "/drivesync/sub", "/elsewhere")
+    result = check(app, uid)
+    assert state(app, uid, fid).onedrive_sync_status == "remote_deleted"
+    assert result.new_count == 0  # inner.txt left with its folder
+    with app.app_context(), user_scope(uid):
+        names = set(db.session.execute(db.select(RemoteItem.name)).scalars())
+    assert "private.txt" not in names and "inner.txt" not in names

@@ -180,6 +180,23 @@ def test_delta_links_stay_on_the_folder(link: str, ok: bool) -> None:
     assert delta.is_delta_link(link, GRAPH, FOLDER_ID) is ok
 
 
+@pytest.mark.parametrize(
+    ("link", "ok"),
+    [
+        (f"{GRAPH}/drives/b!x/root/delta?token=abc", True),
+        (f"{GRAPH}/me/drive/root/delta(token='abc')", True),
+        (f"{GRAPH}/drives/b!x/items/{FOLDER_ID}/delta?token=abc", False),
+        (f"{GRAPH}/drives/b!x/root/children/delta", False),
+        (f"{GRAPH}/drives/b!x/root/delta?token=a&$filter=x", False),
+    ],
+)
+def test_root_delta_links_on_work_or_school_drives(link: str, ok: bool) -> None:
+    """Work or school drives are read from their root: links must be the root's delta."""
+    assert delta.delta_scope(FOLDER_ID, "business") == delta.ROOT
+    assert delta.delta_scope(FOLDER_ID, "personal") == FOLDER_ID
+    assert delta.is_delta_link(link, GRAPH, delta.ROOT) is ok
+
+
 # -- checks against a mocked Graph ----------------------------------------------------------------
 
 
