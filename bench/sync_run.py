@@ -73,11 +73,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
-    """Start the emulator in its own process; return it and its URL."""
+def start_emulator(latency_ms: float) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the emulator in its own process with ``latency_ms`` per request; return it, its URL."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "onedrive_emulator", "--port", str(port)],
+        [sys.executable, "-m", "onedrive_emulator", "--port", str(port),
+         "--latency-ms", str(latency_ms)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -132,15 +133,14 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args()
     latency, n, size = args.latency_ms / 1000, args.files, args.kib * 1024
-    proc, url = start_emulator()
+    proc, url = start_emulator(args.latency_ms)
     emu = EmulatorAdmin(url)
     try:
         emu.register_client(CLIENT_ID, "bench-secret", ["http://localhost/cb"])
         token = str(emu.mint_token(ALEX, CLIENT_ID)["access_token"])
 
         def client() -> GraphClient:
-            return GraphClient(lambda force: token, base_url=f"{url}/v1.0",
-                               session=LatencySession(latency))  # fmt: skip
+            return GraphClient(lambda force: token, base_url=f"{url}/v1.0")
 
         tmp = Path(tempfile.mkdtemp(prefix="drivesync-bench-"))
         app = create_app({
