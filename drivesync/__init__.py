@@ -12,7 +12,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import mail, observability, scope, tasks, web
 from .cli import register_cli
 from .config import load_config, validate_config
-from .extensions import csrf, db, limiter, login_manager, migrate
+from .extensions import csrf, db, install_sqlite_tuning, limiter, login_manager, migrate
 from .services import autosync, export, imports, liveness, runs, scheduler
 from .views import register_blueprints
 
@@ -42,6 +42,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)  # first: logging and request ids for everything after
 
     web.configure(app)
+    install_sqlite_tuning()  # WAL: sync threads and page views do not queue on SQLite's lock
     db.init_app(app)
     scope.install(db.session)
     # Batch mode lets SQLite alter tables; compare_type keeps the drift test strict.

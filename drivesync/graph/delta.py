@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import GraphError
@@ -66,6 +66,17 @@ class DeltaGone(GraphError):
         return self.kind == "resyncChangesUploadDifferences"
 
 
+#: The scope of a drive-root enumeration (work or school drives): see :func:`delta_scope`.
+ROOT = "root"
+
+
+def delta_scope(folder_id: str, drive_type: str | None) -> str:
+    """Return what the enumeration of the sync folder addresses: the folder itself on a
+    personal drive, the drive root (:data:`ROOT`) elsewhere (see :func:`folder_delta_url`).
+    Links are checked against it: :func:`is_delta_link` with ``folder_id=delta_scope(…)``."""
+    return folder_id if drive_type == "personal" else ROOT
+
+
 def folder_delta_url(
     client: GraphClient, drive_id: str | None, folder_id: str, drive_type: str | None = "personal"
 ) -> str:
@@ -82,11 +93,20 @@ def folder_delta_url(
     return client.url(f"{drive}/root/delta")
 
 
-def is_delta_link(link: str, base_url: str) -> bool:
+#: Query keys a delta link may carry (Graph's own paging and cursor, and what we asked for).
+_LINK_QUERY_KEYS = frozenset({"token", "$top", "$skiptoken", "$deltatoken", "$select", "$expand"})
+
+
+def is_delta_link(link: str, base_url: str, folder_id: str | None = None) -> bool:
     """Return whether ``link`` is a delta URL on the Graph origin (same scheme, host and root).
 
     Dot segments (raw or percent-encoded) and empty segments are refused, as for browse's page
     links: ``requests`` removes dot segments before sending, so a substring test is not enough.
+    With ``folder_id`` the path must be that folder's delta, whole (``me/drive/items/{id}`` or
+    ``drives/{drive}/items/{id}``; ids compared ignoring case, as Personal ids vary in case), or
+    with :data:`ROOT` the drive root's (``me/drive/root``, ``drives/{drive}/root``), and
+    the query only Graph's paging keys: a nextLink, deltaLink or 410 Location can never widen
+    the enumeration to the drive root or another folder.
     """
     try:
         parts, base = urlsplit(link), urlsplit(base_url.rstrip("/"))
@@ -102,19 +122,38 @@ def is_delta_link(link: str, base_url: str) -> bool:
     last = segments[-1]
     if not (last == "delta" or last.startswith("delta(")):
         return False
-    return segments[0] in ("me", "drives")
+    if segments[0] not in ("me", "drives"):
+        return False
+    if folder_id is None:
+        return True
+    head = segments[:-1]
+    if head[:2] == ["me", "drive"]:
+        rest = head[2:]
+    elif head[:1] == ["drives"] and len(head) >= 2:
+        rest = head[2:]
+    else:
+        return False
+    if folder_id == ROOT:
+        if rest != ["root"]:
+            return False
+    elif len(rest) != 2 or rest[0] != "items" or rest[1].lower() != folder_id.lower():
+        return False
+    keys = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return keys <= _LINK_QUERY_KEYS
 
 
-def _gone(exc: GraphError, base_url: str) -> DeltaGone:
+def _gone(exc: GraphError, base_url: str, folder_id: str | None) -> DeltaGone:
     kind = next(
         (c for c in (exc.inner_code, exc.code) if c in RESYNC_CODES and c != "resyncRequired"),
         "resyncRequired",
     )
-    location = exc.location if exc.location and is_delta_link(exc.location, base_url) else None
+    location = exc.location
+    if location and not is_delta_link(location, base_url, folder_id):
+        location = None  # enumerate from scratch rather than follow a Location elsewhere
     return DeltaGone(kind, location)
 
 
-def pages(client: GraphClient, start: str) -> Iterator[DeltaPage]:
+def pages(client: GraphClient, start: str, folder_id: str | None = None) -> Iterator[DeltaPage]:
     """Yield the pages of the enumeration that starts at ``start``, up to the deltaLink.
 
     Raise :class:`DeltaGone` on ``410 Gone``, ``GraphError`` on anything else (after the
@@ -123,14 +162,14 @@ def pages(client: GraphClient, start: str) -> Iterator[DeltaPage]:
     url: str | None = start
     first = True
     while url is not None:
-        if not is_delta_link(url, client.base_url):
+        if not is_delta_link(url, client.base_url, folder_id):
             raise GraphError("refusing a delta link outside Graph", code="badDeltaLink")
         params = {"$top": PAGE_SIZE} if first and "token=" not in url else None
         try:
             body = client.get_json(url, params=params)
         except GraphError as exc:
             if exc.status == 410:
-                raise _gone(exc, client.base_url) from None
+                raise _gone(exc, client.base_url, folder_id) from None
             raise
         first = False
         value = body.get("value")

@@ -303,6 +303,21 @@ def decide(
     edited = _content_changed(local, old, new)
     follow = _moved(local, old, new)
     if st == "remote_deleted":  # restored from the recycle bin (same id)
+        library_moved_on = (
+            local.synced_content_hash is not None
+            and local.content_hash != local.synced_content_hash
+            and new.quick_xor_hash != local.quick_xor_hash
+        )
+        if library_moved_on:
+            # The library was replaced while the item was gone (replacing keeps the question
+            # open): OneDrive's copy is older than the library, never "a newer version".
+            # Restored as we synced it: the library's turn to upload; else both changed.
+            as_synced = bool(new.etag and new.etag == local.etag) or bool(
+                new.ctag and local.ctag and new.ctag == local.ctag
+            )
+            if as_synced:
+                return Transition("not_synced", "restored", follow=True, mark_due=True)
+            return Transition("conflict", "restored", follow=True, message=BOTH_CHANGED_MESSAGE)
         if edited:
             return Transition("remote_changed", "restored", follow=True,
                               message=REMOTE_CHANGED_MESSAGE)  # fmt: skip
@@ -429,6 +444,13 @@ def check(user_id: int, now: datetime | None = None) -> CheckResult | None:
         return None
     try:
         link = integration.delta_link
+        scope_item = delta.delta_scope(integration.folder_id, integration.drive_type)
+        if link is not None and not delta.is_delta_link(link, client.base_url, scope_item):
+            # A cursor of another folder or Graph (the folder or GRAPH_URL changed): it would
+            # be refused page after page; enumerate this folder afresh instead.
+            logger.info("delta of user %s: stored cursor is not this folder's; starting over",
+                        user_id)  # fmt: skip
+            link = None
         full = link is None
         start = link or delta.folder_delta_url(
             client, integration.drive_id, integration.folder_id, integration.drive_type
@@ -470,7 +492,8 @@ def _enumerate(client: Any, integration: Integration, start: str, result: CheckR
     _clear_staging(integration.id, integration.user_id)
     db.session.commit()
     seq = 0
-    for page in delta.pages(client, start):
+    scope_item = delta.delta_scope(str(integration.folder_id), integration.drive_type)
+    for page in delta.pages(client, start, scope_item):
         result.requests += 1
         result.items += len(page.items)
         seq = _stage(integration, page.items, seq)
@@ -544,6 +567,7 @@ def _apply(
     _stage_orphans(integration, scope)
     last_id = 0
     renamed: list[int] = []
+    moved_folders: set[str] = set()
     while True:
         chunk = list(
             db.session.execute(
@@ -599,8 +623,22 @@ def _apply(
                 result.transitions += 1
             if t.follow:
                 renamed.append(f.id)
+        for r in rows:
+            m = old.get(r.item_id)
+            if (
+                r.is_folder
+                and not r.deleted
+                and m is not None
+                and ((r.name and r.name != m.name) or (r.parent_id and r.parent_id != m.parent_id))
+            ):
+                moved_folders.add(r.item_id)
         _update_mirror(integration, rows)
-    for file_id in renamed:
+    if moved_folders:
+        # "Renaming a folder doesn't result in any descendants of the folder being returned"
+        # (driveitem-delta): the files under a renamed or moved subfolder are not in the feed,
+        # yet their OneDrive path changed. Record it for each tracked file below one.
+        renamed.extend(_files_below(integration, moved_folders))
+    for file_id in dict.fromkeys(renamed):
         _record_path(integration, file_id)
     new_count = _count_untracked(integration)
     result.new_count = new_count
@@ -790,6 +828,11 @@ def _transition(f: File, t: Transition, new: Any, now: datetime) -> bool:
             File.id == f.id,
             File.owner_id == f.owner_id,
             File.onedrive_sync_status == f.onedrive_sync_status,
+            # ... and on the content and item it was decided from: a library file replaced
+            # (remote_deleted and local_only keep their state then) or relinked meanwhile is
+            # decided again by the next check, never with a stale reading.
+            File.content_hash == f.content_hash,
+            File.onedrive_id == f.onedrive_id,
         )
         .values(**values)
         .execution_options(synchronize_session=False)
@@ -834,6 +877,33 @@ def _update_mirror(integration: Integration, chunk: Sequence[Any]) -> None:
     ]
     if live:
         db.session.execute(insert(RemoteItem), live)
+
+
+def _files_below(integration: Integration, folders: set[str]) -> list[int]:
+    """Return the ids of the library files whose item lies below one of ``folders`` (mirror)."""
+    parents: dict[str, str | None] = dict(
+        db.session.execute(
+            select(RemoteItem.item_id, RemoteItem.parent_id).where(
+                RemoteItem.integration_id == integration.id,
+                RemoteItem.user_id == integration.user_id,
+            )
+        ).all()
+    )
+    below: list[int] = []
+    for file_id, item_id in db.session.execute(
+        select(File.id, File.onedrive_id).where(
+            File.owner_id == integration.user_id, File.onedrive_id.is_not(None)
+        )
+    ).all():
+        cur = parents.get(str(item_id))
+        for _ in range(64):  # deeper than any sync folder we make; stops a cycle
+            if cur is None or cur == integration.folder_id:
+                break
+            if cur in folders:
+                below.append(file_id)
+                break
+            cur = parents.get(cur)
+    return below
 
 
 def _record_path(integration: Integration, file_id: int) -> None:

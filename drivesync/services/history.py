@@ -8,7 +8,9 @@ Activity page, and they go with the account (foreign key to ``users``, ON DELETE
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
+
+from sqlalchemy import Table, insert
 
 from .. import events
 from ..extensions import db
@@ -71,6 +73,9 @@ def _detail(kind: str, kw: dict[str, Any]) -> str | None:
     return None
 
 
+_INSERT = insert(cast(Table, FileEvent.__table__))
+
+
 def _receiver(kind: str) -> Any:
     def receive(sender: object, **kw: Any) -> None:
         user_id, file_id = kw.get("user_id"), kw.get("file_id")
@@ -78,17 +83,20 @@ def _receiver(kind: str) -> Any:
             logger.warning("file event %s without user_id or file_id ignored", kind)
             return
         size = kw.get("size")
-        db.session.add(
-            FileEvent(
-                user_id=user_id,
-                file_id=file_id,
-                created_at=utcnow(),
-                kind=kind,
-                item_id=(str(kw["item_id"])[:128] if kw.get("item_id") else None),
-                etag=(str(kw["etag"])[:255] if kw.get("etag") else None),
-                size=int(size) if size is not None else None,
-                detail=_detail(kind, kw),
-            )
+        # A Core INSERT built once, in the sender's transaction: a history row per synced file
+        # through the ORM's unit of work cost the sync engine a tenth of its CPU per file.
+        db.session.execute(
+            _INSERT,
+            {
+                "user_id": user_id,
+                "file_id": file_id,
+                "created_at": utcnow(),
+                "kind": kind,
+                "item_id": (str(kw["item_id"])[:128] if kw.get("item_id") else None),
+                "etag": (str(kw["etag"])[:255] if kw.get("etag") else None),
+                "size": int(size) if size is not None else None,
+                "detail": _detail(kind, kw),
+            },
         )
 
     return receive

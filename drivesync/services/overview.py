@@ -7,13 +7,14 @@ one grouped query, lists are limited, and nothing is loaded per file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import case, func
 from sqlalchemy.engine import Row
 
 from ..extensions import db
-from ..models import File, Integration, SyncRun
+from ..models import File, Integration, SyncRun, utcnow
 from . import changes, imports, sync
 from .integrations import get_integration
 
@@ -41,6 +42,8 @@ _LIST_COLUMNS = (
     File.next_attempt_at,
     File.sync_attempts,
 )
+# A scheduled retry this close keeps the settings page polling (``Overview.retry_soon``).
+RETRY_WATCH = timedelta(minutes=10)
 _ORDER = case({s: i for i, s in enumerate(LISTED)}, value=File.onedrive_sync_status)
 
 
@@ -91,9 +94,27 @@ class Overview:
 
     @property
     def autosync_soon(self) -> bool:
-        """Return whether an automatic sync is about to start (the page then keeps polling)."""
+        """Return whether an automatic sync is about to start (the page then keeps polling):
+        new files waiting for the debounce, or a listed file's scheduled retry coming soon."""
         i = self.integration
-        return bool(i and i.autosync_due_at and i.active and i.autosync and i.paused_at is None)
+        if not (i and i.active and i.paused_at is None):
+            return False
+        return bool(i.autosync_due_at and i.autosync) or self.retry_soon
+
+    @property
+    def retry_soon(self) -> bool:
+        """Return whether the scheduler retries a listed failed file within ``RETRY_WATCH``.
+
+        The page then keeps polling, so a file that failed in an outage turns synced on screen
+        once the scheduler has retried it, without a reload; a retry hours away is not watched.
+        """
+        horizon = utcnow() + RETRY_WATCH
+        return any(
+            f.onedrive_sync_status == "error"
+            and f.next_attempt_at is not None
+            and f.next_attempt_at <= horizon
+            for f in self.pending
+        )
 
     @property
     def waiting(self) -> int:

@@ -146,8 +146,33 @@ def _execute_run(
         return requeue_run(run_id, user_id)
     if stop.message:
         return _finish_run(run_id, user_id, "stopped", stop.message)
+    if _held_elsewhere(run_id, user_id):
+        # A file of this run is still claimed by another worker, perhaps a dead one whose claim
+        # is not stale yet (the scheduler found the run stale first). Finishing now would leave
+        # that file behind once its claim is recovered. Stamp the run and leave it running: a
+        # live worker finishes it; if that worker is dead, the scheduler queues the run again
+        # one stale period later, when the claim is stale too, and that execution takes the file.
+        app = current_app._get_current_object()  # type: ignore[attr-defined]  # LocalProxy is untyped
+        RunHeartbeat(app, run_id, user_id).beat()
+        logger.info("sync run %s: a file is still claimed elsewhere; left running", run_id)
+        return _run_row(run_id, user_id)
     _refresh_quota(user_id, factory)
     return _finish_run(run_id, user_id, "done", None)
+
+
+def _held_elsewhere(run_id: int, user_id: int) -> bool:
+    """Return whether a file of the run is still claimed (``syncing``) after its threads ended."""
+    held = db.session.execute(
+        db.select(File.id)
+        .where(
+            File.owner_id == user_id,
+            File.sync_run_id == run_id,
+            File.onedrive_sync_status == "syncing",
+        )
+        .limit(1)
+    ).first()
+    db.session.commit()
+    return held is not None
 
 
 def _run_row(run_id: int, user_id: int) -> SyncRun | None:

@@ -257,6 +257,26 @@ def test_replacing_a_file_onedrive_changed_makes_a_conflict(
     assert (f.onedrive_sync_status, f.onedrive_error) == ("conflict", changes.BOTH_CHANGED_MESSAGE)
 
 
+def test_a_renamed_subfolder_moves_the_paths_of_the_files_below_it(
+    app: Flask, client: FlaskClient, alice: int, make_file: Any, emu: EmulatorAdmin
+) -> None:
+    """A subfolder renamed in OneDrive: its files stay synced and read their new path (Graph
+    returns the folder, not its unchanged descendants)."""
+    fid = synced_file(app, client, alice, make_file, "x-ray.pdf")
+    emu.modify_item(ALEX, "/drivesync/scans/keep.txt", b"makes the folder")
+    check(app, alice)
+    emu.move_item(ALEX, "/drivesync/x-ray.pdf", "/drivesync/scans")
+    check(app, alice)
+    assert state(app, alice, fid).onedrive_path == "/drivesync/scans/x-ray.pdf"
+    emu.rename_item(ALEX, "/drivesync/scans", "2026 scans")
+    check(app, alice)
+    f = state(app, alice, fid)
+    assert (f.onedrive_sync_status, f.onedrive_path) == (
+        "synced",
+        "/drivesync/2026 scans/x-ray.pdf",
+    )
+
+
 def test_a_business_drive_is_read_from_its_root_and_only_the_folder_counts(
     app: Flask,
     client: FlaskClient,

@@ -18,7 +18,7 @@ from drivesync.graph.errors import AuthError
 from drivesync.graph.retry import Pacer
 from drivesync.models import File, Integration
 from drivesync.scope import user_scope
-from drivesync.services import library, sync
+from drivesync.services import library, runs, sync
 from drivesync.services.storage import LocalStorage
 from onedrive_emulator.client import EmulatorAdmin
 from onedrive_emulator.server import EmulatorServer
@@ -206,15 +206,16 @@ def test_killed_upload_resumes_from_the_acknowledged_offset(
     app.config["SYNC_DRIVE_FACTORY"] = drive
     emu.clear_requests_log()
     with app.app_context(), user_scope(user):
-        sync.request_sync(user)
+        first = sync.request_sync(user)
+        assert first.status == "running"  # left as a killed process leaves it: file claimed
         f = db.session.get(File, fid)
         assert f is not None and (f.onedrive_sync_status, f.bytes_sent) == ("syncing", 10 * MiB)
         acknowledged = f.bytes_sent
         # The dead worker's heartbeat stopped long ago.
         f.heartbeat_at = f.heartbeat_at - timedelta(seconds=app.config["SYNC_STALE_SECONDS"] + 1)
         db.session.commit()
-        run = sync.request_sync(user)
-        assert (run.status, run.succeeded) == ("done", 1)
+        run = runs.execute_run(first.id, user)  # the scheduler's requeue of the stale run
+        assert run is not None and (run.status, run.succeeded) == ("done", 1)
         db.session.expire_all()
         f = db.session.get(File, fid)
         assert f is not None and f.onedrive_sync_status == "synced"

@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 
 from drivesync import create_app, events
 from drivesync.extensions import db
+from drivesync.scope import user_scope
 from tests.conftest import app_config
 from tests.fixtures_emulator import ALEX, csrf_from
 from tests.ops.conftest import dispose
@@ -67,17 +68,20 @@ def test_short_metrics_tokens_are_refused():
         validate_config(load_config({"DRIVESYNC_METRICS_TOKEN": "short"}))
 
 
-def test_sync_and_token_events_move_the_counters(app):
+def test_sync_and_token_events_move_the_counters(app, make_user):
     """file_synced, file_failed and token_refreshed signals reach the counters, labels bounded."""
     synced, sent = value("drivesync_files_synced_total"), value("drivesync_bytes_uploaded_total")
     transient = value("drivesync_files_failed_total", reason="transient")
     other = value("drivesync_files_failed_total", reason="other")
     ok = value("drivesync_token_refreshes_total", outcome="ok")
-    with app.app_context():  # as the engine sends them: inside the app (history hears them too)
-        events.file_synced.send(None, user_id=1, file_id=2, item_id="x", etag="e", size=1234)
-        events.file_failed.send(None, user_id=1, file_id=3, reason="timeout", kind="transient")
-        events.file_failed.send(None, user_id=1, file_id=4, reason="?", kind="something-new")
-        events.token_refreshed.send(None, user_id=1, outcome="ok")
+    uid = make_user()
+    # As the engine sends them: inside the app, in the user's scope (history writes a row for
+    # each, in the sender's transaction, which row-level security checks).
+    with app.app_context(), user_scope(uid):
+        events.file_synced.send(None, user_id=uid, file_id=2, item_id="x", etag="e", size=1234)
+        events.file_failed.send(None, user_id=uid, file_id=3, reason="timeout", kind="transient")
+        events.file_failed.send(None, user_id=uid, file_id=4, reason="?", kind="something-new")
+        events.token_refreshed.send(None, user_id=uid, outcome="ok")
         db.session.rollback()  # the history rows of these made-up files are not kept
     assert value("drivesync_files_synced_total") == synced + 1
     assert value("drivesync_bytes_uploaded_total") == sent + 1234

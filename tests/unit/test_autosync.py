@@ -242,3 +242,50 @@ def test_automatic_sync_leaves_failed_files_to_their_schedule(
         assert due is not None
         scheduler.tick(due)
         assert statuses(user) == ["error", "synced"]
+
+
+@pytest.mark.parametrize(
+    ("retry_in", "paused", "polls"),
+    [
+        (timedelta(seconds=30), False, True),  # a retry coming: the page watches for its result
+        (timedelta(hours=2), False, False),  # hours away: the page says when, and stops polling
+        (timedelta(seconds=30), True, False),  # paused: nothing is retried, nothing to watch
+        (None, False, False),  # failed for good: waits for the user
+    ],
+)
+def test_settings_page_keeps_polling_while_a_retry_is_near(
+    app: Flask,
+    client: Any,
+    login: Callable[[int], None],
+    user: int,
+    make_file: Callable[..., int],
+    retry_in: timedelta | None,
+    paused: bool,
+    polls: bool,
+) -> None:
+    """A file waiting for its scheduled retry keeps the list polling, so it turns synced on
+    screen once the scheduler retried it; a retry hours away, or none, does not."""
+    file_id = make_file(user, "scan.pdf", b"%PDF")
+    with app.app_context(), user_scope(user):
+        db.session.execute(
+            update(File)
+            .where(File.id == file_id, File.owner_id == user)
+            .values(
+                onedrive_sync_status="error",
+                onedrive_error="OneDrive is not available right now.",
+                failure_kind="transient",
+                sync_attempts=1,
+                next_attempt_at=utcnow() + retry_in if retry_in else None,
+            )
+        )
+        db.session.execute(
+            update(Integration)
+            .where(Integration.user_id == user)
+            .values(autosync_due_at=None, paused_at=utcnow() if paused else None)
+        )
+        db.session.commit()
+    login(user)
+    html = client.get("/settings/onedrive/").get_data(as_text=True)
+    pending = html[html.index('id="pending"') : html.index('id="pending-files"')]
+    assert ('hx-trigger="load delay:1s"' in pending) is polls
+    assert ("Next try in" in html) is (retry_in is not None and not paused)

@@ -157,6 +157,46 @@ def test_delta_links_stay_on_graph(link: str, ok: bool) -> None:
     assert delta.is_delta_link(link, GRAPH) is ok
 
 
+@pytest.mark.parametrize(
+    ("link", "ok"),
+    [
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta?token=abc", True),
+        (f"{GRAPH}/drives/d1/items/{FOLDER_ID}/delta?token=a&$top=5&$skiptoken=9", True),
+        (f"{GRAPH}/drives/d1/items/{FOLDER_ID.upper()}/delta(token='a')", True),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta", True),
+        # the whole drive, another folder, another item path: never followed
+        (f"{GRAPH}/me/drive/root/delta?token=abc", False),
+        (f"{GRAPH}/me/drive/items/OTHER/delta?token=abc", False),
+        (f"{GRAPH}/drives/d1/root/delta?token=abc", False),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/children/delta", False),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/x/../delta", False),
+        # only Graph's paging keys in the query
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta?token=a&$filter=x", False),
+        (f"{GRAPH}/me/drive/items/{FOLDER_ID}/delta?token=a&redirect=https://evil", False),
+    ],
+)
+def test_delta_links_stay_on_the_folder(link: str, ok: bool) -> None:
+    """With the folder given, a link must be that folder's delta: nothing wider, nothing else."""
+    assert delta.is_delta_link(link, GRAPH, FOLDER_ID) is ok
+
+
+@pytest.mark.parametrize(
+    ("link", "ok"),
+    [
+        (f"{GRAPH}/drives/b!x/root/delta?token=abc", True),
+        (f"{GRAPH}/me/drive/root/delta(token='abc')", True),
+        (f"{GRAPH}/drives/b!x/items/{FOLDER_ID}/delta?token=abc", False),
+        (f"{GRAPH}/drives/b!x/root/children/delta", False),
+        (f"{GRAPH}/drives/b!x/root/delta?token=a&$filter=x", False),
+    ],
+)
+def test_root_delta_links_on_work_or_school_drives(link: str, ok: bool) -> None:
+    """Work or school drives are read from their root: links must be the root's delta."""
+    assert delta.delta_scope(FOLDER_ID, "business") == delta.ROOT
+    assert delta.delta_scope(FOLDER_ID, "personal") == FOLDER_ID
+    assert delta.is_delta_link(link, GRAPH, delta.ROOT) is ok
+
+
 # -- checks against a mocked Graph ----------------------------------------------------------------
 
 
@@ -317,3 +357,83 @@ def test_policy_is_validated(app: Flask, user: int, ctx: None) -> None:
     with pytest.raises(changes.ValidationError):
         changes.set_policy(user, "delete")
     assert changes.set_policy(user, "keep").remote_policy == "keep"
+
+
+def test_a_next_link_widening_to_the_drive_root_is_refused(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """A nextLink to the drive root's delta (same host) is not followed: the enumeration would
+    take in the whole drive. Nothing is applied and the error is recorded."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    graph.get(START, json={"value": [item("A", "a.txt", qxh="H2", etag="E2")],
+                           "@odata.nextLink": f"{GRAPH}/me/drive/root/delta?token=p2"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is None
+    assert len(graph.calls) == 1
+    db.session.expire_all()
+    assert db.session.get(File, fid).onedrive_sync_status == "synced" and counts(user) == (0, 0)
+    assert db.session.execute(db.select(Integration.delta_failures)).scalar_one() == 1
+
+
+def test_a_stored_cursor_of_another_folder_starts_over(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """A delta link stored for another folder (the folder changed) is not used: this folder is
+    enumerated afresh instead of failing on every check."""
+    tracked(user, make_file, "a.txt", "A")
+    integration = db.session.execute(db.select(Integration)).scalar_one()
+    integration.delta_link = f"{GRAPH}/me/drive/items/OLD-FOLDER/delta?token=x"
+    db.session.commit()
+    graph.get(START, json={"value": [item("A", "a.txt")],
+                           "@odata.deltaLink": f"{START}?token=d1"})  # fmt: skip
+    due_now(user)
+    result = changes.check(user)
+    assert result is not None and result.requests == 1
+    assert all("OLD-FOLDER" not in c.request.url for c in graph.calls)
+    db.session.expire_all()
+    link = (
+        db.session.execute(db.select(Integration).options(db.undefer(Integration.delta_link)))
+        .scalar_one()
+        .delta_link
+    )
+    assert link == f"{START}?token=d1"
+
+
+def test_restored_after_the_library_moved_on_is_never_called_newer() -> None:
+    """remote_deleted, then the library file replaced (it stays remote_deleted), then the item
+    restored in OneDrive with the bytes we had synced: the library is newer, so it uploads
+    (not "synced", which would hide the new version; not "OneDrive has a newer version")."""
+    replaced = local("remote_deleted", quick_xor_hash="H-new", content_hash="sha-new")
+    same_etag = Remote(False, "E1", "C1", "H", 5, "a.txt", "P")
+    t = decide(replaced, None, same_etag)
+    assert (t.status, t.mark_due, t.follow) == ("not_synced", True, True)
+    # restored with tags we cannot match and other bytes: both sides changed, the user chooses
+    other = Remote(False, "E9", None, "H-other", 7, "a.txt", "P")
+    assert decide(replaced, None, other).status == "conflict"
+    # restored holding the library's new bytes already: synced
+    theirs = Remote(False, "E9", None, "H-new", 7, "a.txt", "P")
+    assert decide(replaced, None, theirs).status == "synced"
+    # the library unchanged: as before (synced, or OneDrive's newer version)
+    assert decide(local("remote_deleted"), None, same_etag).status == "synced"
+    assert decide(local("remote_deleted"), None, EDITED).status == "remote_changed"
+
+
+def test_a_renamed_subfolder_updates_the_paths_below_it(
+    app: Flask, user: int, ctx: None, make_file: Any, graph: responses.RequestsMock
+) -> None:
+    """Graph does not return a renamed folder's descendants: the file below it still gets its
+    new OneDrive path, and stays synced."""
+    fid = tracked(user, make_file, "a.txt", "A")
+    sub = {"id": "S", "name": "scans", "eTag": "ES1", "folder": {},
+           "parentReference": {"id": FOLDER_ID}}  # fmt: skip
+    graph.get(START, json={"value": [sub, item("A", "a.txt", parentReference={"id": "S"})],
+                           "@odata.deltaLink": f"{START}?token=d1"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is not None
+    f = db.session.get(File, fid)
+    graph.get(f"{START}?token=d1", json={"value": [dict(sub, name="2026 scans", eTag="ES2")],
+                                         "@odata.deltaLink": f"{START}?token=d2"})  # fmt: skip
+    due_now(user)
+    assert changes.check(user) is not None
+    db.session.refresh(f)
+    assert (f.onedrive_sync_status, f.onedrive_path) == ("synced", "/drivesync/2026 scans/a.txt")

@@ -106,3 +106,32 @@ def test_drive_factory_needing_reauth_stops_the_run(
     make_file(user)
     run = sync.request_sync(user)
     assert run.status == "stopped" and run.error and fake.uploads() == []
+
+
+def test_a_run_requeued_before_its_dead_claim_is_stale_waits_for_it(
+    app: Flask, fake: FakeDrive, user: int, make_file: Callable[..., int], ctx: None
+) -> None:
+    """A worker died mid-upload; the scheduler found the run stale before the file's claim
+    (its last beat came later). The run's next execution must not end ``done`` without the
+    file: it stays running, stamped, and the execution after the claim went stale syncs it."""
+    fid = make_file(user, "scan.pdf")
+    run = sync.request_sync(user, [fid])  # eager: synced; now replay a dead worker's leftovers
+    stale = utcnow() - timedelta(seconds=app.config["SYNC_STALE_SECONDS"] + 5)
+    fresh = utcnow()
+    sync.update_sync_status(user, fid, "syncing", claimed_at=fresh, heartbeat_at=fresh,
+                            sync_run_id=run.id)  # fmt: skip
+    db.session.execute(
+        update(SyncRun).values(status="running", heartbeat_at=stale, succeeded=0, bytes_done=0)
+    )
+    db.session.commit()
+    uploads = len(fake.uploads())
+    again = runs.execute_run(run.id, user)
+    assert again is not None and again.status == "running"  # not done without its file
+    assert again.heartbeat_at is not None and again.heartbeat_at > stale
+    assert row(fid).onedrive_sync_status == "syncing" and len(fake.uploads()) == uploads
+    # One stale period later the dead claim is stale too: the next execution takes the file.
+    sync.update_sync_status(user, fid, "syncing", claimed_at=fresh, heartbeat_at=stale)
+    final = runs.execute_run(run.id, user)
+    assert final is not None and (final.status, final.succeeded) == ("done", 1)
+    # The dead worker's upload had reached OneDrive: its identical copy is adopted, not re-sent.
+    assert row(fid).onedrive_sync_status == "synced" and len(fake.uploads()) == uploads

@@ -21,7 +21,7 @@ from drivesync.graph.errors import (
 )
 from drivesync.models import File, utcnow
 from drivesync.scope import user_scope
-from drivesync.services import sync, transfer
+from drivesync.services import runs, sync, transfer
 from drivesync.services.storage import LocalStorage
 from tests.fakes import FOLDER_ID, FakeDrive
 from tests.unit.engine_helpers import MiB, make_conflict, replace_bytes, row
@@ -344,14 +344,16 @@ def test_abandoned_upload_resumes_its_stored_session(
     app.config["UPLOAD_FRAGMENT_MB"] = 1
     fid = make_file(user, "big.bin", b"b" * (3 * MiB + 5))
     fake.kill_after = 2  # the worker dies once OneDrive has acknowledged two fragments
-    sync.request_sync(user)
+    first = sync.request_sync(user)
     f = row(fid)
     assert (f.onedrive_sync_status, f.bytes_sent) == ("syncing", 2 * MiB)
     assert f.upload_url == fake.sessions[0]
+    # The run is left running, as a killed process leaves it (its file is still claimed).
+    assert first.status == "running"
     db.session.execute(
         update(File).where(File.id == fid).values(heartbeat_at=utcnow() - timedelta(hours=1))
     )  # the dead worker's heartbeat stopped long ago
     db.session.commit()
-    run = sync.request_sync(user)  # recovers the stale claim, then takes the file again
-    assert run.succeeded == 1 and row(fid).onedrive_sync_status == "synced"
+    run = runs.execute_run(first.id, user)  # the scheduler's requeue: recovers, takes it again
+    assert run is not None and run.succeeded == 1 and row(fid).onedrive_sync_status == "synced"
     assert fake.resumes == [None, fake.sessions[0]] and len(fake.sessions) == 1
