@@ -131,7 +131,7 @@ class Overview:
 
 
 def overview(user_id: int, list_limit: int = 100) -> Overview:
-    """Return the settings page's data for ``user_id`` (six queries at most, any library)."""
+    """Return the settings page's data for ``user_id`` (eight queries at most, any library)."""
     integration = get_integration(user_id)
     result = Overview(integration=integration)
     if integration is None:
