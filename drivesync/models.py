@@ -395,7 +395,10 @@ class ExportJob(Model):
     """A background "Download all my data": progress, then a zip in storage until it expires."""
 
     __tablename__ = "export_jobs"
-    __table_args__ = (CheckConstraint(_in("status", EXPORT_STATUSES), name="status"),)
+    __table_args__ = (
+        CheckConstraint(_in("status", EXPORT_STATUSES), name="status"),
+        Index("idx_export_jobs_status", "status"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -409,6 +412,11 @@ class ExportJob(Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Recovery (services/scheduler.py): a lost message or a dead worker is queued again.
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    requeues: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     @property
     def finished(self) -> bool:

@@ -46,7 +46,8 @@ MANIFEST = "drivesync-export.json"
 FORMAT = "drivesync-export/1"
 _LINK_SALT = "drivesync-export-link"
 _UNSAFE = re.compile(r'[\\/:*?"<>|]')
-PROGRESS_EVERY = 8 * 1024 * 1024  # commit progress at most once per this many bytes
+PROGRESS_EVERY = 8 * 1024 * 1024  # commit progress (and the heartbeat) once per this many bytes
+INTERRUPTED = "The export was interrupted several times. Start it again."
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,14 @@ def build_export(job_id: int, user_id: int) -> None:
     """Write the user's export zip into storage, with progress on the job (task backend)."""
     storage = _storage()
     with user_scope(user_id):
+        # A worker that died mid-build left its partial zip under the name it recorded.
+        leftover = db.session.execute(
+            db.select(ExportJob.stored_path).where(
+                ExportJob.id == job_id, ExportJob.user_id == user_id, ExportJob.status == "queued"
+            )
+        ).scalar_one_or_none()
+        name = secrets.token_hex(16)
+        now = utcnow()
         claimed = db.session.execute(
             update(ExportJob)
             .where(
@@ -232,12 +241,16 @@ def build_export(job_id: int, user_id: int) -> None:
                 ExportJob.user_id == user_id,
                 ExportJob.status == "queued",
             )
-            .values(status="running")
+            # The name is recorded before a byte is written, so a recovery can remove a part.
+            .values(
+                status="running", started_at=now, heartbeat_at=now, stored_path=name, bytes_done=0
+            )  # fmt: skip
         ).rowcount  # type: ignore[attr-defined]  # CursorResult has rowcount
         db.session.commit()
         if not claimed:
             return  # already taken (a redelivered task) or gone with the account
-        name = secrets.token_hex(16)
+        if leftover:
+            storage.path(leftover).unlink(missing_ok=True)
         path = storage.path(name)
         done = {"bytes": 0, "committed": 0}
 
@@ -248,7 +261,7 @@ def build_export(job_id: int, user_id: int) -> None:
                 db.session.execute(
                     update(ExportJob)
                     .where(ExportJob.id == job_id, ExportJob.user_id == user_id)
-                    .values(bytes_done=done["bytes"])
+                    .values(bytes_done=done["bytes"], heartbeat_at=utcnow())
                 )
                 db.session.commit()
 
@@ -265,7 +278,8 @@ def build_export(job_id: int, user_id: int) -> None:
             logger.exception("export %s for user %s failed", job_id, user_id)
             db.session.rollback()
             path.unlink(missing_ok=True)
-            _finish(job_id, user_id, status="failed", error="The export could not be built.")
+            _finish(job_id, user_id, status="failed", stored_path=None,
+                    error="The export could not be built.")  # fmt: skip
             return
         minutes = int(current_app.config.get("EXPORT_LINK_MINUTES", 60))
         _finish(
@@ -278,6 +292,18 @@ def build_export(job_id: int, user_id: int) -> None:
             expires_at=utcnow() + timedelta(minutes=minutes),
         )
         logger.info("export %s for user %s is ready", job_id, user_id)
+
+
+def discard_partial(user_id: int, job_id: int) -> None:
+    """Remove the partial zip a dead worker left for a job given up (the scheduler's call)."""
+    path = db.session.execute(
+        db.select(ExportJob.stored_path).where(
+            ExportJob.id == job_id, ExportJob.user_id == user_id, ExportJob.status == "failed"
+        )
+    ).scalar_one_or_none()
+    if path:
+        _storage().path(path).unlink(missing_ok=True)
+        _finish(job_id, user_id, stored_path=None)
 
 
 def _finish(job_id: int, user_id: int, **values: Any) -> None:

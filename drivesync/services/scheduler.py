@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,9 +47,18 @@ from sqlalchemy import bindparam, func, text, update
 from .. import tasks
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
-from ..models import File, ImportJob, Integration, OAuthToken, SyncRun, UTCDateTime, utcnow
+from ..models import (
+    ExportJob,
+    File,
+    ImportJob,
+    Integration,
+    OAuthToken,
+    SyncRun,
+    UTCDateTime,
+    utcnow,
+)
 from ..scope import user_scope
-from . import autosync, changes, failures, imports, notices, runs, subscriptions, sync
+from . import autosync, changes, export, failures, imports, notices, runs, subscriptions, sync
 from .errors import Conflict, NotFound, ServiceError
 from .integrations import TokenProvider
 from .transfer import changed, recover_stale_claims
@@ -107,6 +117,10 @@ UNION
 SELECT j.user_id FROM import_jobs j
  WHERE (j.status = 'queued' AND COALESCE(j.enqueued_at, j.created_at) < :requeue)
     OR (j.status = 'running' AND COALESCE(j.heartbeat_at, j.started_at, j.created_at) < :stale)
+UNION
+SELECT e.user_id FROM export_jobs e
+ WHERE (e.status = 'queued' AND COALESCE(e.enqueued_at, e.created_at) < :requeue)
+    OR (e.status = 'running' AND COALESCE(e.heartbeat_at, e.started_at, e.created_at) < :stale)
 """
 _PARAMS = ("now", "stale", "requeue", "keepalive", "keepalive_retry", "notice")
 
@@ -164,7 +178,9 @@ def reconcile_user(user_id: int, now: datetime | None = None) -> None:
     now = now or utcnow()
     recover_stale_claims(user_id)
     _recover_runs(user_id, now)
-    _recover_imports(user_id, now)
+    _recover_jobs(user_id, now, ImportJob, tasks.enqueue_import, imports.INTERRUPTED)
+    _recover_jobs(user_id, now, ExportJob, tasks.enqueue_export, export.INTERRUPTED,
+                  export.discard_partial)  # fmt: skip
     integration = db.session.execute(
         db.select(Integration).where(Integration.user_id == user_id)
     ).scalar_one_or_none()
@@ -251,28 +267,35 @@ def _recover_runs(user_id: int, now: datetime) -> None:
                 logger.warning("scheduler: could not queue run %s again", run_id)
 
 
-def _recover_imports(user_id: int, now: datetime) -> None:
-    """Queue again the user's imports whose message or worker is gone; close hopeless ones.
+def _recover_jobs(
+    user_id: int,
+    now: datetime,
+    model: type[ImportJob] | type[ExportJob],
+    enqueue: Callable[[int, int], object],
+    interrupted: str,
+    give_up: Callable[[int, int], None] | None = None,
+) -> None:
+    """Queue again the user's imports or exports whose message or worker is gone.
 
     The same rule as runs: queued and not enqueued for ``RUN_REQUEUE_SECONDS``, or running
-    with a heartbeat older than ``SYNC_STALE_SECONDS`` (``imports.run_import`` is safe to run
-    twice, and a run that lost its claim keeps nothing).
+    with a heartbeat older than ``SYNC_STALE_SECONDS`` (both jobs are safe to run twice, and
+    one that lost its claim keeps nothing); closed with ``interrupted`` after
+    :data:`MAX_REQUEUES`, ``give_up`` then removing what a dead worker left.
     """
     cut = cutoffs(now)
+    kind = model.__tablename__
     jobs = list(
         db.session.execute(
-            db.select(ImportJob.id, ImportJob.status, ImportJob.requeues).where(
-                ImportJob.user_id == user_id,
+            db.select(model.id, model.status, model.requeues).where(
+                model.user_id == user_id,
                 (
-                    (ImportJob.status == "queued")
-                    & (func.coalesce(ImportJob.enqueued_at, ImportJob.created_at) < cut["requeue"])
+                    (model.status == "queued")
+                    & (func.coalesce(model.enqueued_at, model.created_at) < cut["requeue"])
                 )
                 | (
-                    (ImportJob.status == "running")
+                    (model.status == "running")
                     & (
-                        func.coalesce(
-                            ImportJob.heartbeat_at, ImportJob.started_at, ImportJob.created_at
-                        )
+                        func.coalesce(model.heartbeat_at, model.started_at, model.created_at)
                         < cut["stale"]
                     )
                 ),
@@ -281,27 +304,28 @@ def _recover_imports(user_id: int, now: datetime) -> None:
     )
     for job_id, status, requeues in jobs:
         stmt = (
-            update(ImportJob)
-            .where(ImportJob.id == job_id, ImportJob.user_id == user_id, ImportJob.status == status)
+            update(model)
+            .where(model.id == job_id, model.user_id == user_id, model.status == status)
             .execution_options(synchronize_session=False)
         )
         if requeues >= MAX_REQUEUES:
-            changed(stmt.values(status="failed", finished_at=now, error=imports.INTERRUPTED))
+            if changed(stmt.values(status="failed", finished_at=now, error=interrupted)):
+                db.session.commit()
+                if give_up is not None:
+                    give_up(user_id, job_id)
             db.session.commit()
-            logger.warning("scheduler: import %s of user %s given up after %d requeues",
-                           job_id, user_id, requeues)  # fmt: skip
+            logger.warning("scheduler: %s %s of user %s given up after %d requeues",
+                           kind, job_id, user_id, requeues)  # fmt: skip
             continue
-        moved = changed(
-            stmt.values(status="queued", enqueued_at=now, requeues=ImportJob.requeues + 1)
-        )
+        moved = changed(stmt.values(status="queued", enqueued_at=now, requeues=model.requeues + 1))
         db.session.commit()
         if moved:
-            logger.warning("scheduler: import %s of user %s was %s with nobody on it; queued again",
-                           job_id, user_id, status)  # fmt: skip
+            logger.warning("scheduler: %s %s of user %s was %s with nobody on it; queued again",
+                           kind, job_id, user_id, status)  # fmt: skip
             try:
-                tasks.enqueue_import(job_id, user_id)
+                enqueue(job_id, user_id)
             except Exception:  # the row says queued: the next tick tries again
-                logger.warning("scheduler: could not queue import %s again", job_id)
+                logger.warning("scheduler: could not queue %s %s again", kind, job_id)
 
 
 # -- due work --------------------------------------------------------------------------------------

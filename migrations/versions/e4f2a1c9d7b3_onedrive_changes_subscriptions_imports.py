@@ -5,7 +5,9 @@ Files gain three states: ``remote_changed`` (OneDrive has a newer version), ``re
 keep it only in the library). Integrations gain the delta cursor and its schedule (``delta_due_at``: NULL when no check is
 scheduled; every active connection is due at once after this upgrade), the count of
 untracked files in the folder and the remote-deletion policy (ask | upload | keep). Sync runs
-store the conflict decision they carry out (``resolve``), so a run queued again keeps it.
+store the conflict decision they carry out (``resolve``), so a run queued again keeps it. Export
+jobs gain ``started_at``, ``heartbeat_at``, ``enqueued_at`` and ``requeues``: the scheduler
+recovers an export whose message or worker is gone, as it does runs and imports.
 
 New tables, each under row-level security like the others (``user_id = app.user_id``):
 ``remote_items`` (the folder as the last complete delta left it), ``remote_item_changes`` (a
@@ -40,6 +42,7 @@ OLD_STATUSES = ('not_synced', 'syncing', 'synced', 'error', 'conflict')
 NEW_STATUSES = OLD_STATUSES + ('remote_changed', 'remote_deleted', 'local_only')
 NEW_TABLES = ('remote_items', 'remote_item_changes', 'graph_subscriptions', 'import_jobs')
 SCHEDULER_VISIBLE = ('graph_subscriptions', 'import_jobs')
+# export_jobs (revision 9c7c8e2b1ff1) gets the scheduler alternative too, for its recovery.
 
 DUE_USERS_SQL = """
 SELECT i.user_id FROM integrations i
@@ -82,6 +85,10 @@ UNION
 SELECT j.user_id FROM import_jobs j
  WHERE (j.status = 'queued' AND COALESCE(j.enqueued_at, j.created_at) < p_requeue)
     OR (j.status = 'running' AND COALESCE(j.heartbeat_at, j.started_at, j.created_at) < p_stale)
+UNION
+SELECT e.user_id FROM export_jobs e
+ WHERE (e.status = 'queued' AND COALESCE(e.enqueued_at, e.created_at) < p_requeue)
+    OR (e.status = 'running' AND COALESCE(e.heartbeat_at, e.started_at, e.created_at) < p_stale)
 """
 SIGNATURE = ('p_now timestamptz, p_stale timestamptz, p_requeue timestamptz, '
              'p_keepalive timestamptz, p_keepalive_retry timestamptz, p_notice timestamptz')
@@ -119,6 +126,13 @@ def upgrade():
     with op.batch_alter_table('sync_runs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('resolve', sa.String(length=16), nullable=True))
         batch_op.create_check_constraint('resolve', "resolve IS NULL OR resolve IN ('keep_both', 'replace')")
+
+    with op.batch_alter_table('export_jobs', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('started_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('enqueued_at', sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column('requeues', sa.Integer(), server_default='0', nullable=False))
+        batch_op.create_index('idx_export_jobs_status', ['status'], unique=False)
 
     with op.batch_alter_table('integrations', schema=None) as batch_op:
         batch_op.add_column(sa.Column('delta_link', sa.Text(), nullable=True))
@@ -249,6 +263,9 @@ def upgrade():
             f'CREATE POLICY {table}_owner ON {table} AS PERMISSIVE FOR ALL TO PUBLIC '
             f'USING ({using}) WITH CHECK (user_id = {CURRENT_USER})'
         )
+    op.execute(
+        f"ALTER POLICY export_jobs_owner ON export_jobs USING (user_id = {CURRENT_USER} OR {scheduler})"
+    )
     op.execute(_due_users_function(DUE_USERS_SQL))
     op.execute(
         'CREATE FUNCTION drivesync_subscription_owner(p_subscription_id text) '
@@ -275,6 +292,12 @@ def downgrade():
         batch_op.drop_constraint(op.f('ck_integrations_remote_policy'), type_='check')
         for column in ('remote_policy', 'remote_new_count', 'delta_failures', 'delta_error',
                        'delta_due_at', 'delta_checked_at', 'delta_link'):
+            batch_op.drop_column(column)
+    if _postgresql():
+        op.execute(f'ALTER POLICY export_jobs_owner ON export_jobs USING (user_id = {CURRENT_USER})')
+    with op.batch_alter_table('export_jobs', schema=None) as batch_op:
+        batch_op.drop_index('idx_export_jobs_status')
+        for column in ('requeues', 'enqueued_at', 'heartbeat_at', 'started_at'):
             batch_op.drop_column(column)
     with op.batch_alter_table('sync_runs', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_sync_runs_resolve'), type_='check')

@@ -7,14 +7,15 @@ import json
 import os
 import tracemalloc
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from drivesync.extensions import db
-from drivesync.models import ExportJob
+from drivesync.models import ExportJob, utcnow
 from drivesync.scope import user_scope
-from drivesync.services import export
+from drivesync.services import export, scheduler
 from drivesync.services.storage import LocalStorage
 from tests.conftest import csrf_token, db_rows
 from tests.data.conftest import audit_rows
@@ -124,3 +125,53 @@ def test_large_export_runs_in_background_with_a_signed_expiring_link(
     client.get("/account/export")  # visiting the page purges expired zips
     assert not zip_path.exists()
     assert db_rows(app, ExportJob, uid) == []
+
+
+def _job(app, uid, **values) -> int:
+    with app.app_context(), user_scope(uid):
+        job = ExportJob(user_id=uid, files_total=1, bytes_total=3, **values)
+        db.session.add(job)
+        db.session.commit()
+        return job.id
+
+
+def _row(app, uid, job_id) -> ExportJob:
+    with app.app_context(), user_scope(uid):
+        job = db.session.get(ExportJob, job_id)
+        db.session.expunge(job)
+        return job
+
+
+def test_an_export_whose_worker_died_is_built_again_and_its_part_removed(app, make_user, make_file):
+    """Running with a stale heartbeat (the worker was killed): the scheduler queues it again,
+    the new build removes the dead worker's partial zip, and the export ends downloadable."""
+    uid = make_user()
+    make_file(uid, "a.txt", b"abc")
+    storage = LocalStorage(app.config["STORAGE_DIR"])
+    part = "d" * 32  # a stored name, as build_export records before writing
+    storage.path(part).parent.mkdir(parents=True, exist_ok=True)
+    storage.path(part).write_bytes(b"half a zip")
+    old = utcnow() - timedelta(hours=1)
+    job_id = _job(app, uid, status="running", created_at=old, started_at=old, heartbeat_at=old,
+                  stored_path=part)  # fmt: skip
+    with app.app_context():
+        assert uid in scheduler.tick()
+    job = _row(app, uid, job_id)
+    assert (job.status, job.requeues) == ("done", 1)
+    assert job.stored_path != part and storage.path(job.stored_path).exists()
+    assert not storage.path(part).exists()
+    with zipfile.ZipFile(storage.path(job.stored_path)) as zf:
+        assert zf.read("files/a.txt") == b"abc"
+
+
+def test_a_lost_export_message_is_sent_again_and_a_hopeless_one_is_closed(app, make_user):
+    """Queued and never picked up: queued again; after three requeues it fails, plainly."""
+    uid = make_user()
+    old = utcnow() - timedelta(hours=1)
+    lost = _job(app, uid, status="queued", created_at=old)
+    hopeless = _job(app, uid, status="running", created_at=old, heartbeat_at=old, requeues=3)
+    with app.app_context():
+        scheduler.tick()
+    assert _row(app, uid, lost).status == "done"
+    gave_up = _row(app, uid, hopeless)
+    assert (gave_up.status, gave_up.error) == ("failed", export.INTERRUPTED)
