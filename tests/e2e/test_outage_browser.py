@@ -56,7 +56,7 @@ def test_an_outage_longer_than_the_retries_ends_synced_by_itself(
         open_settings(page)  # from here on, only watch
 
         row = page.locator("#pending-files tr", has_text=letter.name)
-        expect(row.locator(".badge")).to_have_text("error", timeout=2 * T)
+        expect(row.locator(".badge")).to_have_text("failed", timeout=2 * T)
         expect(row.locator(".next-try")).to_have_text(
             re.compile(r"^Next try in less than a minute \(attempt 2\)$"), timeout=T
         )
