@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,10 +34,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import requests
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from sync_run import ALEX, CLIENT_ID, graph_requests, start_emulator  # noqa: E402 - bench/
 
 from drivesync import create_app  # noqa: E402
 from drivesync.extensions import db  # noqa: E402
@@ -49,42 +47,8 @@ from drivesync.scope import user_scope  # noqa: E402
 from drivesync.services import accounts, changes  # noqa: E402
 from onedrive_emulator.client import EmulatorAdmin  # noqa: E402
 
-ALEX = "alex@contoso.example"
-CLIENT_ID = "bench-client"
 FOLDER = "drivesync"
 PAGE = 200  # what the naive listing asks for per page (Graph's usual default)
-
-
-def free_port() -> int:
-    """Return a TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_emulator() -> tuple[subprocess.Popen[bytes], str]:
-    """Start the emulator in its own process; return it and its URL."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "onedrive_emulator", "--port", str(port)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            requests.get(url + "/_emulator/requests", timeout=1)
-            return proc, url
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.1)
-
-
-def graph_requests(emu: EmulatorAdmin) -> int:
-    """Return how many Graph requests the emulator has logged (admin calls excluded)."""
-    return sum(1 for r in emu.requests_log() if not r["path"].startswith("/_emulator"))
 
 
 def populate(emu: EmulatorAdmin, n: int, threads: int) -> None:
@@ -125,7 +89,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.items < 1 or args.threads < 1:
         parser.error("--items and --threads must be at least 1")
-    proc, url = start_emulator()
+    proc, url = start_emulator(latency_ms=0)
     tmp = tempfile.mkdtemp(prefix="drivesync-bench-delta-")
     try:
         emu = EmulatorAdmin(url)

@@ -291,48 +291,39 @@ def export_job(job_id: int, user_id: int) -> None:
     _job(BUILD_EXPORT)(job_id, user_id)
 
 
-def _thread_export(app: Flask, job_id: int, user_id: int) -> None:
-    with app.app_context():
-        export_job(job_id, user_id)
-
-
-def enqueue_export(job_id: int, user_id: int) -> Future[None] | None:
-    """Hand a data export to the configured backend, like ``enqueue_run``."""
-    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    kind = backend(app)
-    if kind == "eager":
-        export_job(job_id, user_id)
-        return None
-    if kind == "celery":
-        celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
-        celery_app.send_task(BUILD_EXPORT, args=[job_id, user_id])
-        return None
-    return _executor(app).submit(carry(_thread_export), app, job_id, user_id)
-
-
 def import_job(job_id: int, user_id: int) -> None:
     """Run one import from OneDrive (inside an app context); safe to run twice."""
     _job(IMPORT)(job_id, user_id)
 
 
-def _thread_import(app: Flask, job_id: int, user_id: int) -> None:
+def _thread_named(app: Flask, name: str, job_id: int, user_id: int) -> None:
     with app.app_context():
         try:
-            import_job(job_id, user_id)
+            _job(name)(job_id, user_id)
         except Exception:
-            logger.exception("background import %s failed", job_id)
+            logger.exception("background job %s %s failed", name, job_id)
             raise
 
 
-def enqueue_import(job_id: int, user_id: int) -> Future[None] | None:
-    """Hand an import job to the configured backend, like ``enqueue_run``."""
+def _enqueue_job(name: str, job_id: int, user_id: int) -> Future[None] | None:
+    """Hand a (job id, user id) job to the configured backend, like ``enqueue_run``."""
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
     kind = backend(app)
     if kind == "eager":
-        import_job(job_id, user_id)
+        _job(name)(job_id, user_id)
         return None
     if kind == "celery":
         celery_app: Celery = app.extensions.get("celery") or celery_init_app(app)
-        celery_app.send_task(IMPORT, args=[job_id, user_id])
+        celery_app.send_task(name, args=[job_id, user_id])
         return None
-    return _executor(app).submit(carry(_thread_import), app, job_id, user_id)
+    return _executor(app).submit(carry(_thread_named), app, name, job_id, user_id)
+
+
+def enqueue_export(job_id: int, user_id: int) -> Future[None] | None:
+    """Hand a data export to the configured backend."""
+    return _enqueue_job(BUILD_EXPORT, job_id, user_id)
+
+
+def enqueue_import(job_id: int, user_id: int) -> Future[None] | None:
+    """Hand an import from OneDrive to the configured backend."""
+    return _enqueue_job(IMPORT, job_id, user_id)

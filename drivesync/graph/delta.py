@@ -27,11 +27,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import quote
 
 from drivesync.graph.client import GraphClient
 from drivesync.graph.errors import GraphError
 from drivesync.graph.types import DriveItem
+from drivesync.graph.urls import graph_link_parts
 
 PAGE_SIZE = 200
 RESYNC_CODES = ("resyncChangesApplyDifferences", "resyncChangesUploadDifferences", "resyncRequired")
@@ -100,25 +101,18 @@ _LINK_QUERY_KEYS = frozenset({"token", "$top", "$skiptoken", "$deltatoken", "$se
 def is_delta_link(link: str, base_url: str, folder_id: str | None = None) -> bool:
     """Return whether ``link`` is a delta URL on the Graph origin (same scheme, host and root).
 
-    Dot segments (raw or percent-encoded) and empty segments are refused, as for browse's page
-    links: ``requests`` removes dot segments before sending, so a substring test is not enough.
+    The link is first taken apart by ``urls.graph_link_parts`` (origin, no dot segments), as
+    browse's page links are.
     With ``folder_id`` the path must be that folder's delta, whole (``me/drive/items/{id}`` or
     ``drives/{drive}/items/{id}``; ids compared ignoring case, as Personal ids vary in case), or
     with :data:`ROOT` the drive root's (``me/drive/root``, ``drives/{drive}/root``), and
     the query only Graph's paging keys: a nextLink, deltaLink or 410 Location can never widen
     the enumeration to the drive root or another folder.
     """
-    try:
-        parts, base = urlsplit(link), urlsplit(base_url.rstrip("/"))
-    except ValueError:
+    found = graph_link_parts(link, base_url)
+    if found is None:
         return False
-    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.fragment:
-        return False
-    if not parts.path.startswith(base.path + "/"):
-        return False
-    segments = [unquote(s) for s in parts.path[len(base.path) + 1 :].split("/")]
-    if any(s in ("", ".", "..") or "/" in s for s in segments):
-        return False
+    segments, keys = found
     last = segments[-1]
     if not (last == "delta" or last.startswith("delta(")):
         return False
@@ -138,7 +132,6 @@ def is_delta_link(link: str, base_url: str, folder_id: str | None = None) -> boo
             return False
     elif len(rest) != 2 or rest[0] != "items" or rest[1].lower() != folder_id.lower():
         return False
-    keys = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
     return keys <= _LINK_QUERY_KEYS
 
 

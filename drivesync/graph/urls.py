@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -96,3 +96,25 @@ def enforce(session: requests.Session, policy: UrlPolicy) -> None:
     adapter = PolicyAdapter(policy)
     for prefix in ("https://", "http://", ""):
         session.mount(prefix, adapter)
+
+
+def graph_link_parts(link: str, base_url: str) -> tuple[list[str], set[str]] | None:
+    """Return a Graph link's decoded path segments below ``base_url`` and its query keys.
+
+    None unless the link is on the Graph origin and root (same scheme, host and path prefix),
+    has no fragment, and no dot or empty segment (raw or percent-encoded): ``requests`` removes
+    dot segments before sending, so a substring test let ``…/children/../../root/children``
+    list the drive root (probe L4). Callers then compare the segments whole.
+    """
+    try:
+        parts, base = urlsplit(link), urlsplit(base_url.rstrip("/"))
+    except ValueError:
+        return None
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc) or parts.fragment:
+        return None
+    if not parts.path.startswith(base.path + "/"):
+        return None
+    segments = [unquote(s) for s in parts.path[len(base.path) + 1 :].split("/")]
+    if any(s in ("", ".", "..") or "/" in s for s in segments):
+        return None
+    return segments, {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}

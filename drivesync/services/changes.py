@@ -113,7 +113,9 @@ UNSURE_MESSAGE = (
 # -- when ------------------------------------------------------------------------------------------
 
 
-def _live_subscription(user_id: int, now: datetime) -> bool:
+def live_subscription(user_id: int, now: datetime | None = None) -> bool:
+    """Return whether the user's connection has an unexpired change-notification subscription."""
+    now = now or utcnow()
     return (
         db.session.execute(
             select(GraphSubscription.id).where(
@@ -126,7 +128,7 @@ def _live_subscription(user_id: int, now: datetime) -> bool:
 
 def next_interval(user_id: int, now: datetime | None = None) -> timedelta:
     """Return how long until the next check: the polling period, or the daily backstop."""
-    if _live_subscription(user_id, now or utcnow()):
+    if live_subscription(user_id, now or utcnow()):
         return BACKSTOP
     return timedelta(seconds=int(current_app.config["DELTA_INTERVAL_SECONDS"]))
 
@@ -151,7 +153,7 @@ def status(user_id: int, now: datetime | None = None) -> RemoteStatus | None:
     ).scalar_one_or_none()
     if integration is None:
         return None
-    live = _live_subscription(user_id, now)
+    live = live_subscription(user_id, now)
     return RemoteStatus(
         checked_at=integration.delta_checked_at,
         mode="live" if live else "polling",

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import unicodedata
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ..extensions import db
 from ..graph.errors import AuthError, GraphError
 from ..graph.types import DriveItem
+from ..graph.urls import graph_link_parts
 from ..models import File
 from .errors import NotFound, ServiceError
 from .integrations import ReauthRequired, graph_client_for
@@ -86,29 +86,20 @@ _PAGE_QUERY_KEYS = {"$top", "$skiptoken", "$skip", "$select", "$expand", "$order
 def _is_folder_page_link(link: str, base_url: str, folder_id: str | None) -> bool:
     """Return whether ``link`` is Graph's next-page link for our folder's children.
 
-    The path is compared whole, segment by segment, after refusing dot segments (raw or
-    percent-encoded) and empty ones: ``requests`` removes dot segments before sending, so a
-    substring test let ``…/children/../../root/children`` list the drive root (probe L4).
+    The path is compared whole, segment by segment, after ``urls.graph_link_parts`` refused
+    another origin and dot or empty segments (probe L4).
     """
     if not folder_id:
         return False
-    try:
-        link_parts, base = urlsplit(link), urlsplit(base_url.rstrip("/"))
-    except ValueError:
+    found = graph_link_parts(link, base_url)
+    if found is None:
         return False
-    if (link_parts.scheme, link_parts.netloc) != (base.scheme, base.netloc) or link_parts.fragment:
-        return False
-    if not link_parts.path.startswith(base.path + "/"):
-        return False
-    segments = [unquote(seg) for seg in link_parts.path[len(base.path) + 1 :].split("/")]
-    if any(seg in ("", ".", "..") or "/" in seg for seg in segments):
-        return False
+    segments, keys = found
     tail = ["items", folder_id, "children"]
     if segments != ["me", "drive", *tail] and not (
         len(segments) == 5 and segments[0] == "drives" and segments[2:] == tail
     ):
         return False
-    keys = {k for k, _ in parse_qsl(link_parts.query, keep_blank_values=True)}
     return keys <= _PAGE_QUERY_KEYS
 
 

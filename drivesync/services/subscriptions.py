@@ -93,9 +93,7 @@ def _row(user_id: int) -> GraphSubscription | None:
 
 def live(user_id: int, now: datetime | None = None) -> bool:
     """Return whether the user's connection has an unexpired subscription."""
-    now = now or utcnow()
-    row = _row(user_id)
-    return row is not None and row.expires_at > now
+    return changes.live_subscription(user_id, now)
 
 
 # -- create, renew, remove -----------------------------------------------------------------------

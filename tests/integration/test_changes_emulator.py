@@ -25,15 +25,6 @@ from tests.fixtures_emulator import ALEX, MEGAN
 pytestmark = pytest.mark.emulator
 
 
-@pytest.fixture
-def alice(
-    make_user: Callable[..., int], login: Callable[[int], None], connect: Any, emu: EmulatorAdmin
-) -> int:
-    """A signed-in user whose OneDrive (Alex's, on the emulator) is connected (after the reset)."""
-    uid = make_user("alice@example.com")
-    login(uid)
-    assert connect(ALEX).status_code == 303
-    return uid
 
 
 def check(app: Flask, uid: int) -> CheckResult:

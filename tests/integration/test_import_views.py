@@ -19,13 +19,6 @@ pytestmark = pytest.mark.emulator
 HX = {"HX-Request": "true"}
 
 
-@pytest.fixture
-def alice(make_user, login, connect, emu):
-    """A signed-in user whose OneDrive (Alex's, on the emulator) is connected."""
-    uid = make_user("alice@example.com")
-    login(uid)
-    assert connect(ALEX).status_code == 303
-    return uid
 
 
 def test_htmx_import_answers_a_polling_partial_until_done(client, app, alice, emu, monkeypatch):

@@ -27,13 +27,6 @@ def app_overrides(emulator_config: dict[str, Any]) -> dict[str, Any]:
     return {**emulator_config, "MAX_UPLOAD_MB": 1, "USER_QUOTA_MB": 3}
 
 
-@pytest.fixture
-def alice(make_user, login, connect, emu):
-    """A signed-in user whose OneDrive (Alex's, on the emulator) is connected."""
-    uid = make_user("alice@example.com")
-    login(uid)
-    assert connect(ALEX).status_code == 303
-    return uid
 
 
 @pytest.fixture

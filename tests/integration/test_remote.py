@@ -16,13 +16,6 @@ from tests.fixtures_emulator import ALEX
 pytestmark = pytest.mark.emulator
 
 
-@pytest.fixture
-def alice(make_user, login, connect, emu):
-    """A signed-in user whose OneDrive (Alex's, on the emulator) is connected."""
-    uid = make_user("alice@example.com")
-    login(uid)
-    assert connect(ALEX).status_code == 303
-    return uid
 
 
 def row_of(html: str, name: str) -> str:
