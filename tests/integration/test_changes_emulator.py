@@ -25,8 +25,6 @@ from tests.fixtures_emulator import ALEX, MEGAN
 pytestmark = pytest.mark.emulator
 
 
-
-
 def check(app: Flask, uid: int) -> CheckResult:
     """Make a check due now and run it; return what it did."""
     with app.app_context(), user_scope(uid):

@@ -19,8 +19,6 @@ pytestmark = pytest.mark.emulator
 HX = {"HX-Request": "true"}
 
 
-
-
 def test_htmx_import_answers_a_polling_partial_until_done(client, app, alice, emu, monkeypatch):
     """The Import button swaps in a progress partial that polls; once done it links the file."""
     held: list[int] = []

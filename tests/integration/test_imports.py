@@ -27,8 +27,6 @@ def app_overrides(emulator_config: dict[str, Any]) -> dict[str, Any]:
     return {**emulator_config, "MAX_UPLOAD_MB": 1, "USER_QUOTA_MB": 3}
 
 
-
-
 @pytest.fixture
 def held(monkeypatch):
     """Jobs are recorded but not handed to the backend (a lost message); returns the ids."""

@@ -16,8 +16,6 @@ from tests.fixtures_emulator import ALEX
 pytestmark = pytest.mark.emulator
 
 
-
-
 def row_of(html: str, name: str) -> str:
     """Return the browse table row of the item called ``name``."""
     match = re.search(rf'<tr data-name="{re.escape(name)}">(.*?)</tr>', html, re.S)
